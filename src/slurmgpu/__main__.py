@@ -1,0 +1,3 @@
+from slurmgpu.entry import main
+
+raise SystemExit(main())

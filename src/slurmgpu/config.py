@@ -1,0 +1,203 @@
+"""The TOML config file: where things live, which GPU backend runs, and the thresholds.
+
+Every key has a default, so a node without a config file works. Paths may contain `{node}`, expanded with the
+Slurm node name: several slurmd can share one host (the test cluster does), and per-GPU files must not collide.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from slurmgpu.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/slurmgpu/slurmgpu.toml")
+BACKENDS = ("nvml", "simulated")
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    state_dir: str = "/var/lib/slurmgpu"
+    run_dir: str = "/run/slurmgpu"
+    database: str = "/var/lib/slurmgpu/slurmgpu.db"
+    log_file: str = "/var/lib/slurmgpu/slurmgpu.log"
+    slurm_bin_dir: str = "/usr/bin"
+    slurm_conf: str = ""  # empty: Slurm's own default (/etc/slurm/slurm.conf)
+
+
+@dataclass(frozen=True)
+class ThresholdsConfig:
+    gpu_call_timeout_seconds: float = 5.0
+    slurm_command_timeout_seconds: float = 10.0
+    idle_utilization_pct: float = 5.0
+    low_efficiency_pct: float = 50.0
+    low_memory_fraction: float = 0.25
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    state_dir: str = "/var/lib/slurmgpu/sim"
+    gpus_per_node: int = 4
+    model: str = "H100-SXM5-80GB"
+    # NVML ordinal i has device minor number minor_order[i]; empty means identity. Real servers often enumerate
+    # PCI order differently from /dev/nvidiaN numbering, which is why we map by minor number.
+    minor_order: tuple[int, ...] = ()
+    accounting_mode: bool = True
+    node_models: tuple[tuple[str, str], ...] = ()
+
+    def model_for(self, node: str) -> str:
+        return dict(self.node_models).get(node, self.model)
+
+
+@dataclass(frozen=True)
+class Config:
+    backend: str = "nvml"
+    cluster: str = ""  # empty: taken from SLURM_CLUSTER_NAME, then "default"
+    paths: PathsConfig = PathsConfig()
+    thresholds: ThresholdsConfig = ThresholdsConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+    source: str = "(defaults)"
+
+    def path(self, key: str, node: str = "") -> Path:
+        """A configured path with `{node}` expanded (the node name, or `local` when there is none)."""
+        value: str = getattr(self.paths, key)
+        return Path(value.replace("{node}", node or "local"))
+
+    def sim_state_dir(self) -> Path:
+        return Path(self.simulator.state_dir)
+
+
+def config_path(env: dict[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("SLURMGPU_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: Path | None = None, *, env: dict[str, str] | None = None) -> Config:
+    """Read the config file; a missing default file means defaults, a missing explicit file is an error."""
+    explicit = path is not None or bool((os.environ if env is None else env).get("SLURMGPU_CONFIG"))
+    path = path or config_path(env)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return Config()
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    return parse_config(raw.decode("utf-8", errors="replace"), source=str(path))
+
+
+def parse_config(text: str, *, source: str = "<string>") -> Config:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {source}: invalid TOML: {exc}") from None
+    sections = {"paths": PathsConfig, "thresholds": ThresholdsConfig, "simulator": SimulatorConfig}
+    top: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in sections:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config file {source}: [{key}] must be a table")
+            top[key] = _section(sections[key], key, value, source)
+        elif key in ("backend", "cluster"):
+            top[key] = _typed(key, value, str, source)
+        else:
+            raise ConfigError(f"config file {source}: unknown key '{key}'")
+    if top.get("backend", "nvml") not in BACKENDS:
+        raise ConfigError(f"config file {source}: backend must be one of {', '.join(BACKENDS)} (got {top['backend']!r})")
+    return Config(source=source, **top)
+
+
+def _section(cls: type, name: str, table: dict[str, Any], source: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{name}.{key}"
+        if key not in known:
+            raise ConfigError(f"config file {source}: unknown key '{dotted}'")
+        default = known[key].default
+        if key == "minor_order":
+            items = _typed(dotted, value, list, source)
+            if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items):
+                raise ConfigError(f"config file {source}: {dotted} must be a list of non-negative integers")
+            if len(set(items)) != len(items):
+                raise ConfigError(f"config file {source}: {dotted} has duplicate minor numbers")
+            values[key] = tuple(items)
+        elif key == "node_models":
+            table_value = _typed(dotted, value, dict, source)
+            if not all(isinstance(v, str) for v in table_value.values()):
+                raise ConfigError(f"config file {source}: {dotted} must map node names to model names")
+            values[key] = tuple(sorted(table_value.items()))
+        else:
+            values[key] = _typed(dotted, value, type(default), source)
+    config = cls(**values)
+    _check_ranges(config, name, source)
+    return config
+
+
+def _typed(dotted: str, value: Any, expected: type, source: str) -> Any:
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and expected is not bool:
+        raise ConfigError(f"config file {source}: {dotted} must be {expected.__name__}, not a boolean")
+    if not isinstance(value, expected):
+        raise ConfigError(f"config file {source}: {dotted} must be {_type_name(expected)} (got {value!r})")
+    return value
+
+
+def _type_name(expected: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+            dict: "a table"}.get(expected, expected.__name__)
+
+
+def _check_ranges(config: Any, name: str, source: str) -> None:
+    if isinstance(config, ThresholdsConfig):
+        for key in ("gpu_call_timeout_seconds", "slurm_command_timeout_seconds"):
+            if getattr(config, key) <= 0:
+                raise ConfigError(f"config file {source}: {name}.{key} must be positive")
+        if not 0 <= config.idle_utilization_pct <= 100:
+            raise ConfigError(f"config file {source}: {name}.idle_utilization_pct must be within 0..100")
+    if isinstance(config, SimulatorConfig):
+        if not 1 <= config.gpus_per_node <= 64:
+            raise ConfigError(f"config file {source}: {name}.gpus_per_node must be within 1..64")
+        if config.minor_order and len(config.minor_order) != config.gpus_per_node:
+            raise ConfigError(f"config file {source}: {name}.minor_order must list {config.gpus_per_node} minors")
+    if isinstance(config, PathsConfig):
+        for f in fields(config):
+            value = getattr(config, f.name)
+            if value and not value.startswith("/"):
+                raise ConfigError(f"config file {source}: {name}.{f.name} must be an absolute path")
+
+
+def render_config(config: Config) -> str:
+    """The effective config as TOML (what `slurmgpu config show` prints)."""
+    lines = [f"# effective configuration (source: {config.source})",
+             f'backend = "{config.backend}"', f'cluster = "{config.cluster}"']
+    for section in ("paths", "thresholds", "simulator"):
+        lines.append(f"\n[{section}]")
+        obj = getattr(config, section)
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if f.name == "node_models":
+                continue
+            lines.append(f"{f.name} = {_toml_value(value)}")
+        if section == "simulator" and config.simulator.node_models:
+            lines.append("\n[simulator.node_models]")
+            lines.extend(f'{node} = "{model}"' for node, model in config.simulator.node_models)
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)

@@ -1,0 +1,259 @@
+"""The NVML gateway: the only module that calls pynvml.
+
+It takes the pynvml module as a parameter (the real nvidia-ml-py by default; the simulator's pynvml-shaped module in
+tests and demos), so this exact code runs against both. Rules it keeps:
+- `NVMLError_NotSupported` becomes None, never an exception.
+- One failing or lost GPU never aborts the others: it becomes a GpuReading whose status says what failed.
+- Every GPU is read on its own thread under a deadline, because NVML calls can hang on a failing GPU; a GPU that
+  misses the deadline is reported "unresponsive" and the caller goes on (the thread is a daemon and is abandoned).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import ModuleType
+from typing import Any
+
+from slurmgpu.gpu.types import AccountingStat, GpuProcess, GpuReading, NodeReading
+
+_INIT_LOCK = threading.Lock()
+
+
+class _GpuLost(Exception):
+    pass
+
+
+def load_pynvml() -> ModuleType:
+    import pynvml
+
+    return pynvml
+
+
+class NvmlBackend:
+    """Reads GPUs through a pynvml-shaped module."""
+
+    def __init__(self, nvml: ModuleType | None = None, *, timeout_seconds: float = 5.0) -> None:
+        self._nvml = nvml if nvml is not None else load_pynvml()
+        self._timeout = timeout_seconds
+        self._initialised = False
+
+    def read_node(self, *, with_accounting: bool = False, with_processes: bool = False) -> NodeReading:
+        """Read every GPU of the node, each time-boxed, in parallel."""
+        deadline = time.monotonic() + self._timeout
+        init_error = self._call_boxed(self._init, deadline)
+        if init_error:
+            return NodeReading(gpus=(), error=init_error)
+        nv = self._nvml
+        count_box: dict[str, Any] = {}
+        err = self._call_boxed(lambda: count_box.setdefault("n", nv.nvmlDeviceGetCount()), deadline)
+        if err:
+            return NodeReading(gpus=(), error=f"nvmlDeviceGetCount: {err}")
+        driver = self._optional(nv.nvmlSystemGetDriverVersion)
+        count = int(count_box["n"])
+        partial: list[dict[str, Any]] = [{} for _ in range(count)]
+        results: list[GpuReading | None] = [None] * count
+        threads = []
+        for index in range(count):
+            t = threading.Thread(
+                target=self._read_into, args=(index, partial[index], results, with_accounting, with_processes),
+                name=f"nvml-gpu{index}", daemon=True,
+            )
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        gpus = []
+        for index, result in enumerate(results):
+            if result is None:  # still blocked in NVML: keep what it had read so far (often the minor number)
+                fields = partial[index]
+                gpus.append(GpuReading(
+                    index=index, timestamp_epoch_seconds=time.time(), status="unresponsive",
+                    detail=f"no answer from NVML within {self._timeout:g} s",
+                    minor=fields.get("minor"), uuid=fields.get("uuid"), pci_bus_id=fields.get("pci_bus_id"),
+                ))
+            else:
+                gpus.append(result)
+        return NodeReading(gpus=tuple(gpus), driver_version=driver)
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _init(self) -> None:
+        with _INIT_LOCK:
+            if not self._initialised:
+                self._nvml.nvmlInit()
+                self._initialised = True
+
+    def shutdown(self) -> None:
+        if self._initialised:
+            self._optional(self._nvml.nvmlShutdown)
+            self._initialised = False
+
+    def _call_boxed(self, fn: Any, deadline: float) -> str | None:
+        """Run fn on a daemon thread; return an error text, or None when it returned in time."""
+        box: dict[str, BaseException] = {}
+
+        def target() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001 - reported as data
+                box["error"] = exc
+
+        t = threading.Thread(target=target, daemon=True)
+        t.start()
+        t.join(max(0.0, deadline - time.monotonic()))
+        if t.is_alive():
+            return f"no answer from NVML within {self._timeout:g} s"
+        if "error" in box:
+            return f"{type(box['error']).__name__}: {box['error']}"
+        return None
+
+    def _optional(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except self._nvml.NVMLError:
+            return None
+
+    def _read_into(
+        self, index: int, fields: dict[str, Any], results: list[GpuReading | None],
+        with_accounting: bool, with_processes: bool,
+    ) -> None:
+        nv = self._nvml
+        failed: list[str] = []
+
+        def q(name: str, fn: Any, *args: Any) -> Any:
+            """One NVML query: NotSupported -> None; lost -> abort this GPU; other errors -> None + noted."""
+            try:
+                return fn(*args)
+            except nv.NVMLError_NotSupported:
+                return None
+            except (nv.NVMLError_GpuIsLost, nv.NVMLError_Unknown) as exc:
+                raise _GpuLost(str(exc)) from exc
+            except nv.NVMLError as exc:
+                failed.append(f"{name}: {exc}")
+                return None
+
+        try:
+            handle = q("handle", nv.nvmlDeviceGetHandleByIndex, index)
+            if handle is None:
+                results[index] = GpuReading(index=index, timestamp_epoch_seconds=time.time(), status="error",
+                                            detail="; ".join(failed) or "no handle")
+                return
+            fields["minor"] = q("minor", nv.nvmlDeviceGetMinorNumber, handle)
+            fields["uuid"] = q("uuid", nv.nvmlDeviceGetUUID, handle)
+            pci = q("pci", nv.nvmlDeviceGetPciInfo, handle)
+            fields["pci_bus_id"] = pci.busId if pci is not None else None
+            reading = self._read_fields(handle, fields, q, with_accounting, with_processes)
+        except _GpuLost as exc:
+            results[index] = GpuReading(
+                index=index, timestamp_epoch_seconds=time.time(), status="lost", detail=f"GPU is lost ({exc})",
+                minor=fields.get("minor"), uuid=fields.get("uuid"), pci_bus_id=fields.get("pci_bus_id"),
+            )
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug or odd driver answer for one GPU must not stop the others
+            results[index] = GpuReading(index=index, timestamp_epoch_seconds=time.time(), status="error",
+                                        detail=f"{type(exc).__name__}: {exc}", minor=fields.get("minor"))
+            return
+        results[index] = GpuReading(index=index, failed_fields=tuple(failed), **reading)
+
+    def _read_fields(self, handle: Any, fields: dict[str, Any], q: Any, with_accounting: bool,
+                     with_processes: bool) -> dict[str, Any]:
+        nv = self._nvml
+        out: dict[str, Any] = {"minor": fields["minor"], "uuid": fields["uuid"], "pci_bus_id": fields["pci_bus_id"]}
+        out["name"] = q("name", nv.nvmlDeviceGetName, handle)
+        mem = q("memory", nv.nvmlDeviceGetMemoryInfo, handle)
+        if mem is not None:
+            out["memory_used_bytes"], out["memory_total_bytes"] = int(mem.used), int(mem.total)
+        util = q("utilization", nv.nvmlDeviceGetUtilizationRates, handle)
+        if util is not None:
+            out["utilization_pct"], out["memory_utilization_pct"] = int(util.gpu), int(util.memory)
+        out["power_watts"] = _scale(q("power", nv.nvmlDeviceGetPowerUsage, handle), 1e-3)  # mW
+        out["power_limit_watts"] = _scale(q("power_limit", nv.nvmlDeviceGetEnforcedPowerLimit, handle), 1e-3)
+        out["energy_joules"] = _scale(q("energy", nv.nvmlDeviceGetTotalEnergyConsumption, handle), 1e-3)  # mJ
+        out["temperature_celsius"] = q("temperature", nv.nvmlDeviceGetTemperature, handle, nv.NVML_TEMPERATURE_GPU)
+        out["sm_clock_mhz"] = q("sm_clock", nv.nvmlDeviceGetClockInfo, handle, nv.NVML_CLOCK_SM)
+        out["clock_event_reasons"] = self._clock_event_reasons(handle, q)
+        for kind, kind_name in ((nv.NVML_MEMORY_ERROR_TYPE_CORRECTED, "corrected"),
+                                (nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, "uncorrected")):
+            for counter, counter_name in ((nv.NVML_VOLATILE_ECC, "volatile"), (nv.NVML_AGGREGATE_ECC, "aggregate")):
+                out[f"ecc_{counter_name}_{kind_name}"] = q(
+                    f"ecc_{counter_name}_{kind_name}", nv.nvmlDeviceGetTotalEccErrors, handle, kind, counter)
+        sbe = q("retired_pages_sbe", nv.nvmlDeviceGetRetiredPages, handle,
+                nv.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS)
+        dbe = q("retired_pages_dbe", nv.nvmlDeviceGetRetiredPages, handle,
+                nv.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR)
+        out["retired_pages_single_bit"] = None if sbe is None else len(sbe)
+        out["retired_pages_double_bit"] = None if dbe is None else len(dbe)
+        pending = q("retired_pages_pending", nv.nvmlDeviceGetRetiredPagesPendingStatus, handle)
+        out["retired_pages_pending"] = None if pending is None else pending == nv.NVML_FEATURE_ENABLED
+        remap = q("remapped_rows", nv.nvmlDeviceGetRemappedRows, handle)
+        if remap is not None:
+            corr, unc, is_pending, failure = remap
+            out.update(remapped_rows_correctable=int(corr), remapped_rows_uncorrectable=int(unc),
+                       remapped_rows_pending=bool(is_pending), remapped_rows_failure=bool(failure))
+        out["pcie_link_gen"] = q("pcie_gen", nv.nvmlDeviceGetCurrPcieLinkGeneration, handle)
+        out["pcie_link_gen_max"] = q("pcie_gen_max", nv.nvmlDeviceGetMaxPcieLinkGeneration, handle)
+        out["pcie_link_width"] = q("pcie_width", nv.nvmlDeviceGetCurrPcieLinkWidth, handle)
+        out["pcie_link_width_max"] = q("pcie_width_max", nv.nvmlDeviceGetMaxPcieLinkWidth, handle)
+        persistence = q("persistence_mode", nv.nvmlDeviceGetPersistenceMode, handle)
+        out["persistence_mode"] = None if persistence is None else persistence == nv.NVML_FEATURE_ENABLED
+        accounting = q("accounting_mode", nv.nvmlDeviceGetAccountingMode, handle)
+        out["accounting_mode"] = None if accounting is None else accounting == nv.NVML_FEATURE_ENABLED
+        if with_processes:
+            procs = q("processes", nv.nvmlDeviceGetComputeRunningProcesses, handle)
+            if procs is not None:
+                out["processes"] = tuple(
+                    GpuProcess(pid=int(p.pid), used_memory_bytes=None if p.usedGpuMemory is None
+                               else int(p.usedGpuMemory)) for p in procs)
+        if with_accounting and out["accounting_mode"]:
+            out["accounting"] = self._accounting(handle, q)
+        out["timestamp_epoch_seconds"] = time.time()
+        return out
+
+    def _clock_event_reasons(self, handle: Any, q: Any) -> int | None:
+        # nvmlDeviceGetCurrentClocksEventReasons replaced ...ThrottleReasons (same bits); older drivers lack it.
+        nv = self._nvml
+        fn = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
+        if fn is not None:
+            try:
+                value = fn(handle)
+                return None if value is None else int(value)
+            except nv.NVMLError_FunctionNotFound:
+                pass
+            except nv.NVMLError_NotSupported:
+                return None
+        value = q("clock_event_reasons", nv.nvmlDeviceGetCurrentClocksThrottleReasons, handle)
+        return None if value is None else int(value)
+
+    def _accounting(self, handle: Any, q: Any) -> tuple[AccountingStat, ...] | None:
+        nv = self._nvml
+        pids = q("accounting_pids", nv.nvmlDeviceGetAccountingPids, handle)
+        if pids is None:
+            return None
+        stats = []
+        for pid in pids:
+            try:
+                s = nv.nvmlDeviceGetAccountingStats(handle, pid)
+            except (nv.NVMLError_NotFound, nv.NVMLError_NotSupported):
+                continue  # the pid left the driver's circular buffer between the two calls
+            stats.append(AccountingStat(
+                pid=int(pid),
+                gpu_utilization_pct=_available(s.gpuUtilization),
+                memory_utilization_pct=_available(s.memoryUtilization),
+                max_memory_bytes=None if s.maxMemoryUsage is None else int(s.maxMemoryUsage),
+                start_time_epoch_seconds=int(s.startTime) / 1e6,  # microseconds since the epoch
+                active_seconds=None if s.isRunning else int(s.time) / 1e3,  # ms; NVML reports 0 while running
+                is_running=bool(s.isRunning),
+            ))
+        return tuple(stats)
+
+
+_UINT_NOT_AVAILABLE = 0xFFFFFFFF
+
+
+def _available(value: Any) -> int | None:
+    return None if value is None or int(value) == _UINT_NOT_AVAILABLE else int(value)
+
+
+def _scale(value: Any, factor: float) -> float | None:
+    return None if value is None else float(value) * factor

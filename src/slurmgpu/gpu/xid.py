@@ -1,0 +1,60 @@
+"""XID errors from the kernel log, the driver's own record (`NVRM: Xid (PCI:0000:3b:00): 79, pid=..., ...`).
+
+NVML has no XID counter (only an event stream from the moment one subscribes), so counts come from the kernel log:
+/dev/kmsg on a real node, the simulator's per-node log file otherwise. Lines are mapped to GPUs by PCI bus id.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+_XID = re.compile(r"NVRM: Xid \(PCI:([0-9a-fA-F]{4,8}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})(?:\.[0-9a-fA-F])?\): (\d+)")
+
+
+def short_bus_id(bus_id: str) -> str:
+    """'00000000:3B:00.0' (NVML) or '0000:3b:00' (kernel log) -> '0000:3b:00'."""
+    domain, bus, device = bus_id.split(".")[0].split(":")
+    return f"{int(domain, 16):04x}:{bus.lower()}:{device.lower()}"
+
+
+def parse_xids(text: str) -> list[tuple[str, int]]:
+    """(short PCI bus id, XID code) for every XID line, in order."""
+    return [(f"{int(m[1], 16):04x}:{m[2].lower()}:{m[3].lower()}", int(m[4])) for m in _XID.finditer(text)]
+
+
+def count_by_bus(text: str) -> Counter[str]:
+    return Counter(bus for bus, _ in parse_xids(text))
+
+
+def read_kernel_log(path: Path, max_bytes: int = 8 << 20) -> str:
+    """The kernel log's text. /dev/kmsg is read record by record without blocking until it runs dry."""
+    if str(path) == "/dev/kmsg":
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        chunks: list[bytes] = []
+        total = 0
+        try:
+            while total < max_bytes:
+                try:
+                    record = os.read(fd, 8192)
+                except BlockingIOError:
+                    break
+                except BrokenPipeError:  # the ring buffer overwrote our position; keep going
+                    continue
+                if not record:
+                    break
+                chunks.append(record)
+                total += len(record)
+        finally:
+            os.close(fd)
+        return b"".join(chunks).decode("utf-8", errors="replace")
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            return f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""

@@ -1,0 +1,41 @@
+"""The epilog: final reading, per-GPU usage from counter deltas and accounting stats, job record, owner files."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from slurmgpu.collection.usage import gpu_usage
+from slurmgpu.config import Config
+from slurmgpu.gpu.backend import open_backend
+from slurmgpu.hooks import owners
+from slurmgpu.hooks.runner import EXIT_OK
+from slurmgpu.log import HookLog
+from slurmgpu.slurm.env import job_context
+from slurmgpu.store.db import Store
+
+
+def epilog(config: Config, env: Mapping[str, str], log: HookLog) -> int:
+    ctx = job_context(env, default_cluster=config.cluster)
+    if not ctx.gpus:
+        return EXIT_OK
+    run_dir = config.path("run_dir", ctx.node)
+    try:
+        reading = open_backend(config, ctx.node).read_node(with_accounting=True)
+        if reading.error:
+            log("warning", f"job {ctx.job_id}: no final GPU reading: {reading.error}")
+        found, missing = reading.select(ctx.gpus)
+        for minor in missing:
+            log("warning", f"job {ctx.job_id}: gpu{minor} not readable at job end")
+        store = Store.open(config.path("database", ctx.node))
+        try:
+            baselines = store.load_baselines(ctx.cluster, ctx.job_id, ctx.node)
+            usage = [gpu_usage(ctx.node, minor, gpu, baselines.get(minor)) for minor, gpu in sorted(found.items())
+                     if gpu.ok]
+            store.save_usage(ctx, usage, time.time())
+        finally:
+            store.close()
+        log("info", f"job {ctx.job_id}: recorded {len(usage)} GPU(s) on {ctx.node}")
+    finally:
+        owners.release(run_dir, ctx.gpus, ctx.job_id)  # whatever else failed, the GPUs are free again
+    return EXIT_OK

@@ -1,0 +1,116 @@
+"""The Slurm gateway: the only code that runs Slurm commands.
+
+Commands run by absolute path with arguments as a list (hooks run as root with no PATH), under a timeout, with a
+minimal environment. Failures become SlurmError with the command's first stderr line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from slurmgpu.errors import InputError, SlurmError
+
+# The parsable text format is stable across Slurm releases (the JSON layout is not). JobName is last because it is
+# the only field a user controls and it may contain the delimiter: everything after the 13th '|' is the name.
+SACCT_FIELDS = ("JobID", "JobIDRaw", "User", "Account", "Partition", "State", "Submit", "Start", "End",
+                "ElapsedRaw", "NodeList", "AllocTRES", "ExitCode", "JobName")
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+                "BOOT_FAIL", "DEADLINE")
+
+
+@dataclass(frozen=True)
+class SacctJob:
+    job_id: str  # as Slurm shows it: 123, 123_4, 123+1
+    job_id_raw: int
+    user: str
+    account: str
+    partition: str
+    state: str
+    submit: str | None  # ISO 8601 local time as sacct prints it; None when unknown
+    start: str | None
+    end: str | None
+    elapsed_seconds: int
+    node_list: str
+    alloc_gpus: int | None
+    exit_code: str
+    name: str
+
+
+def _time_or_none(value: str) -> str | None:
+    return None if value in ("", "Unknown", "None") else value
+
+
+def parse_alloc_gpus(tres: str) -> int | None:
+    """'billing=2,cpu=2,gres/gpu=2,mem=1G,node=1' -> 2; None when no GPU TRES is listed."""
+    total = None
+    for item in tres.split(","):
+        key, _, value = item.partition("=")
+        if key == "gres/gpu" or (key.startswith("gres/gpu:") and total is None):
+            if not value.isdigit():
+                raise SlurmError(f"sacct AllocTRES has a bad GPU count: {item!r}")
+            if key == "gres/gpu":
+                return int(value)
+            total = int(value)
+    return total
+
+
+def parse_sacct(text: str) -> list[SacctJob]:
+    jobs = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split("|", len(SACCT_FIELDS) - 1)
+        if len(parts) != len(SACCT_FIELDS):
+            raise SlurmError(f"sacct printed a line with {len(parts)} fields, expected {len(SACCT_FIELDS)}: {line[:80]!r}")
+        row = dict(zip(SACCT_FIELDS, parts, strict=True))
+        if not row["JobIDRaw"].isdigit() or not row["ElapsedRaw"].isdigit():
+            raise SlurmError(f"sacct printed an unexpected job line: {line[:80]!r}")
+        jobs.append(SacctJob(
+            job_id=row["JobID"], job_id_raw=int(row["JobIDRaw"]), user=row["User"], account=row["Account"],
+            partition=row["Partition"], state=row["State"], submit=_time_or_none(row["Submit"]),
+            start=_time_or_none(row["Start"]), end=_time_or_none(row["End"]),
+            elapsed_seconds=int(row["ElapsedRaw"]), node_list=row["NodeList"],
+            alloc_gpus=parse_alloc_gpus(row["AllocTRES"]), exit_code=row["ExitCode"], name=row["JobName"],
+        ))
+    return jobs
+
+
+_REASON_FORBIDDEN = set("\n\r\0")
+
+
+class Slurm:
+    def __init__(self, bin_dir: Path = Path("/usr/bin"), slurm_conf: str = "", timeout_seconds: float = 10.0) -> None:
+        self.bin_dir = bin_dir
+        self.slurm_conf = slurm_conf or os.environ.get("SLURM_CONF", "")
+        self.timeout = timeout_seconds
+
+    def run(self, program: str, args: list[str]) -> str:
+        exe = self.bin_dir / program
+        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+        if self.slurm_conf:
+            env["SLURM_CONF"] = self.slurm_conf
+        try:
+            proc = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=self.timeout,
+                                  env=env, check=False)
+        except FileNotFoundError:
+            raise SlurmError(f"{exe} not found (set paths.slurm_bin_dir)") from None
+        except subprocess.TimeoutExpired:
+            raise SlurmError(f"{program} did not answer within {self.timeout:g} s") from None
+        if proc.returncode != 0:
+            first = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[0]
+            raise SlurmError(f"{program} {args[0] if args else ''} failed (exit {proc.returncode}): {first}")
+        return proc.stdout
+
+    def drain(self, node: str, reason: str) -> None:
+        """Drain a node; running jobs finish, no new ones start."""
+        if set(reason) & _REASON_FORBIDDEN:
+            raise InputError("a drain reason must be one line")
+        self.run("scontrol", ["update", f"nodename={node}", "state=drain", f"reason={reason}"])
+
+    def sacct_jobs(self, job_spec: str) -> list[SacctJob]:
+        """Allocation lines (-X) for a job id as the user typed it (123, 123_4, 123+1)."""
+        out = self.run("sacct", ["-X", "-n", "-P", "-j", job_spec, "-o", ",".join(SACCT_FIELDS)])
+        return parse_sacct(out)

@@ -1,0 +1,212 @@
+"""The job store: one SQLite file, WAL, busy timeout, parameterised SQL, idempotent writes.
+
+Hot paths (hooks, `slurmgpu job`) use the sqlite3 module directly; the schema is owned by `migrations`.
+Writes are keyed by (cluster, job id, node, GPU minor): re-running an epilog replaces its rows, never adds to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from slurmgpu.errors import NotFoundError, StoreError
+from slurmgpu.slurm.env import JobContext
+from slurmgpu.slurm.jobid import JobId
+from slurmgpu.store.records import Baseline, JobGpuUsage, JobMeta, JobRecord
+
+BUSY_TIMEOUT_SECONDS = 10.0
+
+
+class Store:
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, *, readonly: bool = False) -> Store:
+        """Open (and for writers create and migrate) the store. Errors become one-line StoreErrors."""
+        from slurmgpu.store.migrations import SCHEMA_VERSION, migrate
+
+        try:
+            if readonly:
+                if not path.exists():
+                    raise StoreError(f"no job store at {path} (no job has finished on this node yet?)")
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS,
+                                       isolation_level=None)
+            else:
+                _ensure_dir(path.parent)
+                fresh = not path.exists()
+                conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+                if fresh:
+                    with contextlib.suppress(OSError):
+                        os.chmod(path, 0o644)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version != SCHEMA_VERSION:
+                if readonly:
+                    raise StoreError(f"job store {path} has schema {version}, expected {SCHEMA_VERSION}: "
+                                     "run any hook or `slurmgpu` as root once to migrate it")
+                migrate(conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"job store {path}: {exc}") from None
+        return cls(conn, path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"job store {self.path}: {exc}") from None
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    # -- writes ------------------------------------------------------------------------------------------------
+
+    def upsert_job(self, ctx: JobContext, now: float) -> None:
+        with self.transaction() as c:
+            c.execute(
+                """INSERT INTO jobs (cluster, job_id, user, uid, account, partition, array_job_id, array_task_id,
+                       het_job_id, het_job_offset, first_seen_epoch, last_update_epoch)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (cluster, job_id) DO UPDATE SET
+                       user=excluded.user, uid=excluded.uid, account=excluded.account,
+                       partition=excluded.partition, array_job_id=excluded.array_job_id,
+                       array_task_id=excluded.array_task_id, het_job_id=excluded.het_job_id,
+                       het_job_offset=excluded.het_job_offset,
+                       first_seen_epoch=min(jobs.first_seen_epoch, excluded.first_seen_epoch),
+                       last_update_epoch=max(jobs.last_update_epoch, excluded.last_update_epoch)""",
+                (ctx.cluster, ctx.job_id, ctx.user, ctx.uid, ctx.account, ctx.partition, ctx.array_job_id,
+                 ctx.array_task_id, ctx.het_job_id, ctx.het_job_offset, now, now),
+            )
+
+    def save_baselines(self, ctx: JobContext, baselines: list[Baseline], now: float) -> None:
+        self.upsert_job(ctx, now)
+        with self.transaction() as c:
+            c.executemany(
+                """INSERT OR REPLACE INTO baselines (cluster, job_id, node, minor, uuid, taken_epoch, energy_joules,
+                       ecc_volatile_uncorrected, ecc_aggregate_uncorrected, ecc_aggregate_corrected, retired_pages,
+                       remapped_rows_uncorrectable, xid_count)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [(ctx.cluster, ctx.job_id, ctx.node, b.minor, b.uuid, b.taken_epoch_seconds, b.energy_joules,
+                  b.ecc_volatile_uncorrected, b.ecc_aggregate_uncorrected, b.ecc_aggregate_corrected,
+                  b.retired_pages, b.remapped_rows_uncorrectable, b.xid_count) for b in baselines],
+            )
+
+    def save_usage(self, ctx: JobContext, usage: list[JobGpuUsage], now: float) -> None:
+        self.upsert_job(ctx, now)
+        with self.transaction() as c:
+            c.executemany(
+                """INSERT OR REPLACE INTO job_gpus (cluster, job_id, node, minor, uuid, model, memory_total_bytes,
+                       start_epoch, end_epoch, energy_joules, utilization_mean_pct, utilization_max_pct,
+                       memory_peak_bytes, memory_utilization_mean_pct, source)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [(ctx.cluster, ctx.job_id, u.node, u.minor, u.uuid, u.model, u.memory_total_bytes,
+                  u.start_epoch_seconds, u.end_epoch_seconds, u.energy_joules, u.utilization_mean_pct,
+                  u.utilization_max_pct, u.memory_peak_bytes, u.memory_utilization_mean_pct, u.source)
+                 for u in usage],
+            )
+
+    def record_health_event(self, *, cluster: str, node: str, minor: int | None, job_id: int | None, hook: str,
+                            check_name: str, severity: str, detail: str, now: float | None = None) -> None:
+        with self.transaction() as c:
+            c.execute(
+                """INSERT INTO health_events (epoch, cluster, node, minor, job_id, hook, check_name, severity, detail)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (now or time.time(), cluster, node, minor, job_id, hook, check_name, severity, detail),
+            )
+
+    def record_drain(self, *, cluster: str, node: str, action: str, reason: str, actor: str, source: str,
+                     job_id: int | None, readings: Any, now: float | None = None) -> None:
+        with self.transaction() as c:
+            c.execute(
+                """INSERT INTO drains (epoch, cluster, node, action, reason, actor, source, job_id, readings_json)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (now or time.time(), cluster, node, action, reason, actor, source, job_id,
+                 json.dumps(readings, sort_keys=True, default=str)),
+            )
+
+    # -- reads -------------------------------------------------------------------------------------------------
+
+    def load_baselines(self, cluster: str, job_id: int, node: str) -> dict[int, Baseline]:
+        rows = self.conn.execute(
+            """SELECT minor, uuid, taken_epoch, energy_joules, ecc_volatile_uncorrected, ecc_aggregate_uncorrected,
+                      ecc_aggregate_corrected, retired_pages, remapped_rows_uncorrectable, xid_count
+               FROM baselines WHERE cluster = ? AND job_id = ? AND node = ?""",
+            (cluster, job_id, node),
+        ).fetchall()
+        return {r[0]: Baseline(*r) for r in rows}
+
+    def resolve_job(self, job: JobId, cluster: str = "") -> tuple[str, int]:
+        """(cluster, raw job id) for what the user typed; NotFoundError when the store does not know it."""
+        where, args = _job_where(job)
+        if cluster:
+            where += " AND cluster = ?"
+            args.append(cluster)
+        rows = self.conn.execute(f"SELECT cluster, job_id FROM jobs WHERE {where} LIMIT 3", args).fetchall()  # noqa: S608 - fixed fragments
+        if not rows:
+            raise NotFoundError(f"job {job} is not in the job store {self.path}")
+        if len(rows) > 1:
+            clusters = ", ".join(sorted({r[0] for r in rows}))
+            raise NotFoundError(f"job {job} exists in several clusters ({clusters}): pass --cluster")
+        return str(rows[0][0]), int(rows[0][1])
+
+    def job(self, cluster: str, job_id: int) -> JobRecord | None:
+        meta = self.conn.execute(
+            """SELECT cluster, job_id, user, uid, account, partition, array_job_id, array_task_id, het_job_id,
+                      het_job_offset, first_seen_epoch, last_update_epoch
+               FROM jobs WHERE cluster = ? AND job_id = ?""", (cluster, job_id)).fetchone()
+        if meta is None:
+            return None
+        rows = self.conn.execute(
+            """SELECT node, minor, uuid, model, memory_total_bytes, start_epoch, end_epoch, energy_joules,
+                      utilization_mean_pct, utilization_max_pct, memory_peak_bytes, memory_utilization_mean_pct,
+                      source
+               FROM job_gpus WHERE cluster = ? AND job_id = ? ORDER BY node, minor""", (cluster, job_id)).fetchall()
+        return JobRecord(meta=JobMeta(*meta), gpus=tuple(JobGpuUsage(*r) for r in rows))
+
+    def health_events(self, cluster: str, node: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM health_events WHERE cluster = ?"
+        args: list[Any] = [cluster]
+        if node:
+            sql += " AND node = ?"
+            args.append(node)
+        cur = self.conn.execute(sql + " ORDER BY epoch", args)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def drains(self, cluster: str) -> list[dict[str, Any]]:
+        cur = self.conn.execute("SELECT * FROM drains WHERE cluster = ? ORDER BY epoch", (cluster,))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def _job_where(job: JobId) -> tuple[str, list[Any]]:
+    if job.array_task is not None:
+        return "array_job_id = ? AND array_task_id = ?", [job.base, job.array_task]
+    if job.het_offset is not None:
+        return "het_job_id = ? AND het_job_offset = ?", [job.base, job.het_offset]
+    return "job_id = ?", [job.base]
+
+
+def _ensure_dir(path: Path) -> None:
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o755)
