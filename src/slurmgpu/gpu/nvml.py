@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from types import ModuleType
 from typing import Any
 
@@ -74,7 +75,7 @@ class NvmlBackend:
                 ))
             else:
                 gpus.append(result)
-        return NodeReading(gpus=tuple(gpus), driver_version=driver)
+        return NodeReading(gpus=tuple(_infer_lone_minor(gpus)), driver_version=driver)
 
     # -- internals ---------------------------------------------------------------------------------------------
 
@@ -146,7 +147,7 @@ class NvmlBackend:
             reading = self._read_fields(handle, fields, q, with_accounting, with_processes)
         except _GpuLost as exc:
             results[index] = GpuReading(
-                index=index, timestamp_epoch_seconds=time.time(), status="lost", detail=f"GPU is lost ({exc})",
+                index=index, timestamp_epoch_seconds=time.time(), status="lost", detail=f"NVML: {exc}",
                 minor=fields.get("minor"), uuid=fields.get("uuid"), pci_bus_id=fields.get("pci_bus_id"),
             )
             return
@@ -246,6 +247,19 @@ class NvmlBackend:
                 is_running=bool(s.isRunning),
             ))
         return tuple(stats)
+
+
+def _infer_lone_minor(gpus: list[GpuReading]) -> list[GpuReading]:
+    """A lost GPU often fails before its minor number can be read. When exactly one GPU lacks a minor and exactly
+    one of 0..count-1 is unaccounted for, that must be its minor: say so in the detail."""
+    unknown = [g for g in gpus if g.minor is None]
+    missing = set(range(len(gpus))) - {g.minor for g in gpus if g.minor is not None}
+    if len(unknown) != 1 or len(missing) != 1:
+        return gpus
+    lone = unknown[0]
+    guess = missing.pop()
+    fixed = replace(lone, minor=guess, detail=f"{lone.detail} (minor {guess} inferred: the only one not seen)")
+    return [fixed if g is lone else g for g in gpus]
 
 
 _UINT_NOT_AVAILABLE = 0xFFFFFFFF

@@ -155,8 +155,9 @@ def truth(sim: SimNode, since: float | None, until: float | None, minor: int | N
     out = []
     for gpu in gpus:
         start = gpu["horizon_epoch_seconds"] if since is None else since
-        if start < gpu["horizon_epoch_seconds"]:
-            raise InputError(f"history before {gpu['horizon_epoch_seconds']:.0f} was folded; ask for a later --since")
+        folded = gpu.get("folded_before_epoch_seconds")
+        if folded is not None and start < folded:
+            raise InputError(f"history before {folded:.0f} was folded away; ask for a later --since")
         values = physics.interval_truth(model, gpu["segments"], start, until, model.memory_total_bytes)
         out.append({"minor": gpu["minor"], "index": state["gpus"].index(gpu), "uuid": gpu["uuid"],
                     "since_epoch_seconds": start, "until_epoch_seconds": until,

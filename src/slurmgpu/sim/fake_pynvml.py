@@ -268,6 +268,9 @@ def make_module(sim: SimNode) -> ModuleType:
             reasons |= nvmlClocksEventReasonHwThermalSlowdown | nvmlClocksEventReasonHwSlowdown
         return reasons
 
+    def nvmlDeviceGetCurrentClocksThrottleReasons(handle: _Handle) -> int:
+        return nvmlDeviceGetCurrentClocksEventReasons(handle)  # the pre-R535 name of the same call
+
     def nvmlDeviceGetTotalEccErrors(handle: _Handle, error_type: int, counter_type: int) -> int:
         faults = dev.gpu(handle)[1]["faults"]
         kind = {NVML_MEMORY_ERROR_TYPE_CORRECTED: "corrected", NVML_MEMORY_ERROR_TYPE_UNCORRECTED: "uncorrected"}

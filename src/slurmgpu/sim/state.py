@@ -185,6 +185,7 @@ def _fold_old_segments(state: dict[str, Any], model: GpuModel) -> None:
             continue
         gpu["energy_at_horizon_joules"] += physics.energy_joules(model, segments, gpu["horizon_epoch_seconds"], horizon)
         gpu["horizon_epoch_seconds"] = horizon
+        gpu["folded_before_epoch_seconds"] = horizon
         gpu["segments"] = [s for s in segments if s.end_epoch_seconds > horizon]
 
 
