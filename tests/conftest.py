@@ -37,10 +37,15 @@ state_dir = "{tmp}/sim"
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     return Config(
-        backend="simulated", cluster="unit",
-        paths=PathsConfig(state_dir=f"{tmp_path}/state", run_dir=f"{tmp_path}/run/{{node}}",
-                          database=f"{tmp_path}/state/slurmgpu.db", log_file=f"{tmp_path}/state/slurmgpu.log",
-                          slurm_bin_dir=f"{tmp_path}/no-slurm-here"),
+        backend="simulated",
+        cluster="unit",
+        paths=PathsConfig(
+            state_dir=f"{tmp_path}/state",
+            run_dir=f"{tmp_path}/run/{{node}}",
+            database=f"{tmp_path}/state/slurmgpu.db",
+            log_file=f"{tmp_path}/state/slurmgpu.log",
+            slurm_bin_dir=f"{tmp_path}/no-slurm-here",
+        ),
         thresholds=ThresholdsConfig(gpu_call_timeout_seconds=1.0),
         simulator=SimulatorConfig(state_dir=f"{tmp_path}/sim"),
     )

@@ -7,6 +7,8 @@ Slurm node name: several slurmd can share one host (the test cluster does), and 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -69,12 +71,12 @@ class Config:
         return Path(self.simulator.state_dir)
 
 
-def config_path(env: dict[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    return Path(env.get("SLURMGPU_CONFIG") or DEFAULT_CONFIG_PATH)
+def config_path(env: Mapping[str, str] | None = None) -> Path:
+    source = os.environ if env is None else env
+    return Path(source.get("SLURMGPU_CONFIG") or DEFAULT_CONFIG_PATH)
 
 
-def load_config(path: Path | None = None, *, env: dict[str, str] | None = None) -> Config:
+def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> Config:
     """Read the config file; a missing default file means defaults, a missing explicit file is an error."""
     explicit = path is not None or bool((os.environ if env is None else env).get("SLURMGPU_CONFIG"))
     path = path or config_path(env)
@@ -90,10 +92,10 @@ def load_config(path: Path | None = None, *, env: dict[str, str] | None = None) 
 
 
 def parse_config(text: str, *, source: str = "<string>") -> Config:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -110,7 +112,9 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         else:
             raise ConfigError(f"config file {source}: unknown key '{key}'")
     if top.get("backend", "nvml") not in BACKENDS:
-        raise ConfigError(f"config file {source}: backend must be one of {', '.join(BACKENDS)} (got {top['backend']!r})")
+        raise ConfigError(
+            f"config file {source}: backend must be one of {', '.join(BACKENDS)} (got {top['backend']!r})"
+        )
     return Config(source=source, **top)
 
 
@@ -152,8 +156,14 @@ def _typed(dotted: str, value: Any, expected: type, source: str) -> Any:
 
 
 def _type_name(expected: type) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
-            dict: "a table"}.get(expected, expected.__name__)
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }.get(expected, expected.__name__)
 
 
 def _check_ranges(config: Any, name: str, source: str) -> None:
@@ -167,7 +177,9 @@ def _check_ranges(config: Any, name: str, source: str) -> None:
         if not 1 <= config.gpus_per_node <= 64:
             raise ConfigError(f"config file {source}: {name}.gpus_per_node must be within 1..64")
         if config.minor_order and len(config.minor_order) != config.gpus_per_node:
-            raise ConfigError(f"config file {source}: {name}.minor_order must list {config.gpus_per_node} minors")
+            raise ConfigError(
+                f"config file {source}: {name}.minor_order must list {config.gpus_per_node} minors"
+            )
     if isinstance(config, PathsConfig):
         for f in fields(config):
             value = getattr(config, f.name)
@@ -177,8 +189,11 @@ def _check_ranges(config: Any, name: str, source: str) -> None:
 
 def render_config(config: Config) -> str:
     """The effective config as TOML (what `slurmgpu config show` prints)."""
-    lines = [f"# effective configuration (source: {config.source})",
-             f'backend = "{config.backend}"', f'cluster = "{config.cluster}"']
+    lines = [
+        f"# effective configuration (source: {config.source})",
+        f'backend = "{config.backend}"',
+        f'cluster = "{config.cluster}"',
+    ]
     for section in ("paths", "thresholds", "simulator"):
         lines.append(f"\n[{section}]")
         obj = getattr(config, section)

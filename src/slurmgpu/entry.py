@@ -17,8 +17,4 @@ def main(argv: list[str] | None = None) -> int:
         return run_hook(args[1])
     from slurmgpu.cli.app import cli
 
-    try:
-        cli.main(args=args, prog_name="slurmgpu", standalone_mode=True)
-    except SystemExit as exc:
-        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
-    return 0
+    cli.main(args=args, prog_name="slurmgpu")  # standalone mode: exits with the command's status

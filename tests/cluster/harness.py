@@ -13,6 +13,7 @@ Facts behind the choices made here are in ``/work/shared/slurm-lab.md``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pwd
@@ -27,7 +28,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import IO
 
 PACKAGES: tuple[str, ...] = (
     "slurmctld",
@@ -319,8 +319,16 @@ class Cluster:
         for script in (self.prolog, self.epilog):
             if not os.access(script, os.X_OK):
                 raise ClusterError(f"{script} does not exist or is not executable")
+        for parent in self.workdir.parents:
+            if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
+                raise ClusterError(
+                    f"{parent} is not traversable by other users (jobs of {sorted(self.users)} "
+                    f"must reach {self.workdir}): chmod o+x it or choose another workdir"
+                )
         began = time.monotonic()
         self.started = True
+        # A test run that dies without calling stop() must not leave daemons behind.
+        atexit.register(self.stop)
         try:
             self._prepare_dirs()
             ports = free_ports(3 + len(self.nodes))
@@ -479,7 +487,6 @@ class Cluster:
         self, name: str, args: list[str], logs: Sequence[Path], env: Mapping[str, str] | None = None
     ) -> _Daemon:
         out_path = self.log_dir / f"{name}.out"
-        out: IO[bytes]
         with open(out_path, "ab") as out:
             proc = subprocess.Popen(
                 args,
@@ -515,7 +522,7 @@ class Cluster:
                 detail = daemon.log_tail() if daemon is not None else ""
                 raise ClusterError(f"timed out waiting for {what}\n{detail}")
             time.sleep(interval)
-            interval = min(interval * 1.5, 0.5)
+            interval = min(interval * 1.5, 0.2)
 
     def _mysql_args(self) -> list[str]:
         return ["--no-defaults", f"--socket={self.mysql_socket}", "--user=root"]
@@ -962,6 +969,7 @@ class Cluster:
         """Stop every process this cluster started (SIGTERM, wait, SIGKILL). Idempotent."""
         if not self._daemons:
             self.started = False
+            atexit.unregister(self.stop)
             return
         ctld = self._daemon("slurmctld")
         if ctld is not None and ctld.proc.poll() is None:
@@ -979,6 +987,7 @@ class Cluster:
         self._kill_job_leftovers()
         self._daemons.clear()
         self.started = False
+        atexit.unregister(self.stop)
 
     def _cancel_all_jobs(self) -> None:
         proc = self.run(["squeue", "-h", "-o", "%i"], timeout=10)

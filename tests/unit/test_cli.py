@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from tests.conftest import write_config
 
 from slurmgpu.cli.app import cli
 from slurmgpu.config import parse_config
@@ -16,10 +17,11 @@ from slurmgpu.errors import ConfigError
 from slurmgpu.slurm.env import job_context
 from slurmgpu.store.db import Store
 from slurmgpu.store.records import JobGpuUsage
-from tests.conftest import write_config
 
 
-def all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+def all_commands(
+    group: click.Group, prefix: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], click.Command]]:
     out = []
     for name, cmd in group.commands.items():
         out.append(((*prefix, name), cmd))
@@ -63,12 +65,35 @@ def test_unknown_job_is_one_line_and_nonzero(cfg: Path) -> None:
 
 def test_job_from_the_store_without_slurm(cfg: Path) -> None:
     store = Store.open(cfg.parent / "state" / "slurmgpu.db")
-    env = {"SLURM_JOB_ID": "77", "SLURMD_NODENAME": "gn1", "SLURM_JOB_USER": "bob", "SLURM_JOB_GPUS": "0",
-           "SLURM_JOB_ACCOUNT": "vision"}
+    env = {
+        "SLURM_JOB_ID": "77",
+        "SLURMD_NODENAME": "gn1",
+        "SLURM_JOB_USER": "bob",
+        "SLURM_JOB_GPUS": "0",
+        "SLURM_JOB_ACCOUNT": "vision",
+    }
     now = time.time()
-    store.save_usage(job_context(env, default_cluster="unit"), [JobGpuUsage(
-        "gn1", 0, "GPU-x", "NVIDIA A100-SXM4-40GB", 40 << 30, now - 60, now, 6000.0, 70.0, 90.0, 30 << 30, 40.0,
-        "nvml-accounting")], now)
+    store.save_usage(
+        job_context(env, default_cluster="unit"),
+        [
+            JobGpuUsage(
+                "gn1",
+                0,
+                "GPU-x",
+                "NVIDIA A100-SXM4-40GB",
+                40 << 30,
+                now - 60,
+                now,
+                6000.0,
+                70.0,
+                90.0,
+                30 << 30,
+                40.0,
+                "nvml-accounting",
+            )
+        ],
+        now,
+    )
     store.close()
     code, out = run("job", "77", "--json")
     assert code == 0, out
@@ -84,19 +109,24 @@ def test_config_show_prints_the_effective_values(cfg: Path) -> None:
     code, out = run("config", "show")
     assert code == 0
     assert 'backend = "simulated"' in out and f'run_dir = "{cfg.parent}/run/{{node}}"' in out
-    assert parse_config(out.split("\n", 1)[1]).paths.run_dir == f"{cfg.parent}/run/{{node}}"  # it is valid TOML
+    assert (
+        parse_config(out.split("\n", 1)[1]).paths.run_dir == f"{cfg.parent}/run/{{node}}"
+    )  # it is valid TOML
 
 
-@pytest.mark.parametrize(("text", "key"), [
-    ("[paths]\nstat_dir = '/x'\n", "paths.stat_dir"),
-    ("[thresholds]\nidle_utilization_pct = 'low'\n", "thresholds.idle_utilization_pct"),
-    ("backend = 'cuda'\n", "backend"),
-    ("[paths]\nstate_dir = 'relative'\n", "paths.state_dir"),
-    ("[simulator]\nminor_order = [0, 0, 1, 2]\n", "simulator.minor_order"),
-    ("[thresholds]\ngpu_call_timeout_seconds = 0\n", "thresholds.gpu_call_timeout_seconds"),
-    ("nonsense = 1\n", "nonsense"),
-    ("[paths\n", "invalid TOML"),
-])
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[paths]\nstat_dir = '/x'\n", "paths.stat_dir"),
+        ("[thresholds]\nidle_utilization_pct = 'low'\n", "thresholds.idle_utilization_pct"),
+        ("backend = 'cuda'\n", "backend"),
+        ("[paths]\nstate_dir = 'relative'\n", "paths.state_dir"),
+        ("[simulator]\nminor_order = [0, 0, 1, 2]\n", "simulator.minor_order"),
+        ("[thresholds]\ngpu_call_timeout_seconds = 0\n", "thresholds.gpu_call_timeout_seconds"),
+        ("nonsense = 1\n", "nonsense"),
+        ("[paths\n", "invalid TOML"),
+    ],
+)
 def test_bad_config_names_the_key(cfg: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse_config(text)
@@ -112,7 +142,9 @@ def test_missing_explicit_config_is_an_error(tmp_path: Path, monkeypatch: pytest
 
 
 def test_sim_commands_validate_their_input(cfg: Path) -> None:
-    code, out = run("sim", "load", "--util", "150", "--gpus", "0", "--node", "gn1", "--seconds", "1", "--no-wait")
+    code, out = run(
+        "sim", "load", "--util", "150", "--gpus", "0", "--node", "gn1", "--seconds", "1", "--no-wait"
+    )
     assert code == 1 and "within 0..100" in out
     code, out = run("sim", "fault", "--node", "gn1", "--gpu", "9", "lost")
     assert code == 1 and "has no GPU 9" in out
@@ -126,10 +158,25 @@ def test_sim_commands_validate_their_input(cfg: Path) -> None:
 
 def test_sim_load_and_truth_agree(cfg: Path) -> None:
     start = time.time()
-    code, out = run("sim", "load", "--util", "60", "--mem-gib", "8", "--gpus", "1", "--node", "gn2",
-                    "--seconds", "2", "--no-wait")
+    code, out = run(
+        "sim",
+        "load",
+        "--util",
+        "60",
+        "--mem-gib",
+        "8",
+        "--gpus",
+        "1",
+        "--node",
+        "gn2",
+        "--seconds",
+        "2",
+        "--no-wait",
+    )
     assert code == 0, out
-    code, out = run("sim", "truth", "--node", "gn2", "--since", str(start), "--until", str(start + 4), "--json")
+    code, out = run(
+        "sim", "truth", "--node", "gn2", "--since", str(start), "--until", str(start + 4), "--json"
+    )
     gpus = {g["minor"]: g for g in json.loads(out)["gpus"]}
     assert gpus[1]["utilization_mean_pct"] == pytest.approx(30.0, abs=0.5)
     assert gpus[1]["memory_peak_bytes"] == 8 << 30

@@ -8,10 +8,10 @@ import re
 
 import pynvml
 import pytest
+from tests.conftest import sim_node
 
 from slurmgpu.gpu import nvml as gateway
 from slurmgpu.sim import fake_pynvml
-from tests.conftest import sim_node
 
 
 def test_constants_match_real_pynvml() -> None:
@@ -28,7 +28,9 @@ def test_error_classes_have_real_names_and_codes() -> None:
             fake = getattr(fake_pynvml, name)
             assert real.__name__ == fake.__name__
             assert real(0).value == fake(0).value, name  # both ignore the argument and carry their own code
-    assert isinstance(fake_pynvml.NVMLError(fake_pynvml.NVML_ERROR_GPU_IS_LOST), fake_pynvml.NVMLError_GpuIsLost)
+    assert isinstance(
+        fake_pynvml.NVMLError(fake_pynvml.NVML_ERROR_GPU_IS_LOST), fake_pynvml.NVMLError_GpuIsLost
+    )
     assert str(fake_pynvml.NVMLError_NotSupported()) == str(pynvml.NVMLError_NotSupported())
 
 
@@ -42,8 +44,15 @@ def test_every_call_the_gateway_makes_exists_in_both(tmp_path) -> None:
         assert hasattr(module, name), f"{name} is missing from the simulator"
 
 
-@pytest.mark.parametrize("name", ["nvmlDeviceGetMemoryInfo", "nvmlDeviceGetAccountingStats",
-                                  "nvmlDeviceGetTotalEccErrors", "nvmlDeviceGetTemperature"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nvmlDeviceGetMemoryInfo",
+        "nvmlDeviceGetAccountingStats",
+        "nvmlDeviceGetTotalEccErrors",
+        "nvmlDeviceGetTemperature",
+    ],
+)
 def test_signatures_take_the_same_leading_arguments(tmp_path, name) -> None:
     module = fake_pynvml.make_module(sim_node(tmp_path))
     real = list(inspect.signature(getattr(pynvml, name)).parameters)

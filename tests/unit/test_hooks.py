@@ -14,15 +14,22 @@ import time
 from pathlib import Path
 
 import pytest
-
-from slurmgpu.sim import control
-from slurmgpu.sim.state import SimNode
-from slurmgpu.config import SimulatorConfig
 from tests.conftest import write_config
 
-ENV = {"SLURM_JOB_ID": "501", "SLURMD_NODENAME": "gn1", "SLURM_JOB_USER": "alice", "SLURM_JOB_UID": "1001",
-       "SLURM_JOB_ACCOUNT": "ml-team", "SLURM_JOB_PARTITION": "gpu", "SLURM_JOB_GPUS": "0,1",
-       "SLURM_CLUSTER_NAME": "c"}
+from slurmgpu.config import SimulatorConfig
+from slurmgpu.sim import control
+from slurmgpu.sim.state import SimNode
+
+ENV = {
+    "SLURM_JOB_ID": "501",
+    "SLURMD_NODENAME": "gn1",
+    "SLURM_JOB_USER": "alice",
+    "SLURM_JOB_UID": "1001",
+    "SLURM_JOB_ACCOUNT": "ml-team",
+    "SLURM_JOB_PARTITION": "gpu",
+    "SLURM_JOB_GPUS": "0,1",
+    "SLURM_CLUSTER_NAME": "c",
+}
 
 
 @pytest.fixture
@@ -30,7 +37,9 @@ def cfg(tmp_path: Path) -> Path:
     bindir = tmp_path / "bin"
     bindir.mkdir()
     scontrol = bindir / "scontrol"
-    scontrol.write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > {tmp_path}/scontrol.args\n')
+    scontrol.write_text(
+        f'#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > {tmp_path}/scontrol.args\n'
+    )
     scontrol.chmod(0o755)
     return write_config(tmp_path, extra="").parent / _with_bin(tmp_path, bindir)
 
@@ -43,8 +52,14 @@ def _with_bin(tmp: Path, bindir: Path) -> str:
 
 def hook(name: str, cfg: Path, **env: str) -> subprocess.CompletedProcess[str]:
     full = {"PATH": "/usr/bin:/bin", "SLURMGPU_CONFIG": str(cfg), **ENV, **env}
-    return subprocess.run([sys.executable, "-m", "slurmgpu", "hook", name], env=full, capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "slurmgpu", "hook", name],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def sim(cfg: Path) -> SimNode:
@@ -65,8 +80,14 @@ def test_healthy_job_round_trip(cfg: Path) -> None:
     time.sleep(0.7)
     assert hook("epilog", cfg).returncode == 0
     assert not (owner / "0").exists() and not (owner / "1").exists()
-    rows = db(cfg).execute("SELECT minor, energy_joules, utilization_max_pct, memory_peak_bytes, source "
-                           "FROM job_gpus ORDER BY minor").fetchall()
+    rows = (
+        db(cfg)
+        .execute(
+            "SELECT minor, energy_joules, utilization_max_pct, memory_peak_bytes, source "
+            "FROM job_gpus ORDER BY minor"
+        )
+        .fetchall()
+    )
     assert [r[0] for r in rows] == [0, 1]
     assert rows[0][2] == 80.0 and rows[0][3] == 4 << 30 and rows[0][4] == "nvml-accounting"
     assert rows[1][2] == 0.0
@@ -84,8 +105,16 @@ def test_lost_gpu_drains_with_a_precise_reason_and_fails_the_prolog(cfg: Path) -
     assert args[:3] == ["update", "nodename=gn1", "state=drain"]
     assert args[3].startswith("reason=slurmgpu: gpu-lost gpu")
     drain = db(cfg).execute("SELECT node, action, source, job_id, reason FROM drains").fetchone()
-    assert drain[:4] == ("gn1", "drain", "prolog", 501) and drain[4] == args[3][len("reason="):]
+    assert drain[:4] == ("gn1", "drain", "prolog", 501) and drain[4] == args[3][len("reason=") :]
     assert not (cfg.parent / "run" / "gn1" / "gpu" / "0").exists()  # no ownership for a job that will not run
+
+
+def test_epilog_after_a_failed_prolog_records_nothing(cfg: Path) -> None:
+    control.inject_fault(sim(cfg), 0, "lost")
+    assert hook("prolog", cfg).returncode == 1
+    assert hook("epilog", cfg).returncode == 0  # Slurm runs it anyway
+    assert db(cfg).execute("SELECT count(*) FROM job_gpus").fetchone()[0] == 0
+    assert "no prolog baseline" in (cfg.parent / "state" / "slurmgpu.log").read_text()
 
 
 def test_uncorrectable_ecc_on_another_gpu_still_drains(cfg: Path) -> None:
@@ -105,7 +134,9 @@ def test_unresponsive_gpu_finishes_within_the_budget(cfg: Path) -> None:
 
 
 def test_failed_drain_command_still_fails_the_prolog(cfg: Path) -> None:
-    (cfg.parent / "bin" / "scontrol").write_text("#!/bin/sh\necho 'slurm_update error: Invalid node name' >&2\nexit 1\n")
+    (cfg.parent / "bin" / "scontrol").write_text(
+        "#!/bin/sh\necho 'slurm_update error: Invalid node name' >&2\nexit 1\n"
+    )
     control.inject_fault(sim(cfg), 0, "lost")
     assert hook("prolog", cfg).returncode == 1
     assert "drain through scontrol failed" in (cfg.parent / "state" / "slurmgpu.log").read_text()
@@ -142,7 +173,10 @@ def test_job_without_gpus_touches_nothing(cfg: Path) -> None:
 
 def test_shims_exec_the_hook_by_absolute_path() -> None:
     root = Path(__file__).resolve().parents[2]
-    for shim, name in ((root / "prolog" / "slurmgpu-prolog", "prolog"), (root / "epilog" / "slurmgpu-epilog", "epilog")):
+    for shim, name in (
+        (root / "prolog" / "slurmgpu-prolog", "prolog"),
+        (root / "epilog" / "slurmgpu-epilog", "epilog"),
+    ):
         text = shim.read_text()
         assert os.access(shim, os.X_OK)
         assert f"exec /opt/slurmgpu/bin/slurmgpu hook {name}\n" in text

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
+from tests.conftest import backend_for, sim_node
+
 from slurmgpu.sim import control
 from slurmgpu.sim.models import MIB, MODELS
-from tests.conftest import backend_for, sim_node
 
 GIB = 1 << 30
 

@@ -49,10 +49,22 @@ def test_bad_gpu_lists_name_the_item(bad: str) -> None:
 
 
 def _line(**over: str) -> str:
-    row = {"JobID": "1001", "JobIDRaw": "1001", "User": "alice", "Account": "ml-team", "Partition": "gpu",
-           "State": "COMPLETED", "Submit": "2026-11-25T10:00:00", "Start": "2026-11-25T10:00:01",
-           "End": "2026-11-25T10:00:09", "ElapsedRaw": "8", "NodeList": "gn[1-2]",
-           "AllocTRES": "billing=2,cpu=2,gres/gpu=2,mem=1G,node=2", "ExitCode": "0:0", "JobName": "train"}
+    row = {
+        "JobID": "1001",
+        "JobIDRaw": "1001",
+        "User": "alice",
+        "Account": "ml-team",
+        "Partition": "gpu",
+        "State": "COMPLETED",
+        "Submit": "2026-11-25T10:00:00",
+        "Start": "2026-11-25T10:00:01",
+        "End": "2026-11-25T10:00:09",
+        "ElapsedRaw": "8",
+        "NodeList": "gn[1-2]",
+        "AllocTRES": "billing=2,cpu=2,gres/gpu=2,mem=1G,node=2",
+        "ExitCode": "0:0",
+        "JobName": "train",
+    }
     row.update(over)
     return "|".join(row[f] for f in SACCT_FIELDS)
 
@@ -83,33 +95,52 @@ def test_alloc_tres_variants() -> None:
 
 
 def test_xid_lines_map_to_bus_ids() -> None:
-    text = ("[  12.0] NVRM: Xid (PCI:0000:3b:00): 79, pid=123, GPU has fallen off the bus.\n"
-            "6,100,200,-;NVRM: Xid (PCI:0000:5D:00): 48, pid='<unknown>', name=<unknown>, DBE\n"
-            "unrelated line\n")
+    text = (
+        "[  12.0] NVRM: Xid (PCI:0000:3b:00): 79, pid=123, GPU has fallen off the bus.\n"
+        "6,100,200,-;NVRM: Xid (PCI:0000:5D:00): 48, pid='<unknown>', name=<unknown>, DBE\n"
+        "unrelated line\n"
+    )
     assert parse_xids(text) == [("0000:3b:00", 79), ("0000:5d:00", 48)]
     assert short_bus_id("00000000:3B:00.0") == "0000:3b:00"
 
 
-BASE_ENV = {"SLURM_JOB_ID": "5", "SLURMD_NODENAME": "gn1", "SLURM_JOB_USER": "alice", "SLURM_JOB_UID": "1001",
-            "SLURM_JOB_ACCOUNT": "ml-team", "SLURM_JOB_PARTITION": "gpu", "SLURM_JOB_GPUS": "0,2",
-            "SLURM_CLUSTER_NAME": "c"}
+BASE_ENV = {
+    "SLURM_JOB_ID": "5",
+    "SLURMD_NODENAME": "gn1",
+    "SLURM_JOB_USER": "alice",
+    "SLURM_JOB_UID": "1001",
+    "SLURM_JOB_ACCOUNT": "ml-team",
+    "SLURM_JOB_PARTITION": "gpu",
+    "SLURM_JOB_GPUS": "0,2",
+    "SLURM_CLUSTER_NAME": "c",
+}
 
 
 def test_hook_environment() -> None:
     ctx = job_context(BASE_ENV)
-    assert (ctx.job_id, ctx.node, ctx.user, ctx.uid, ctx.account, ctx.gpus, ctx.cluster) == \
-        (5, "gn1", "alice", 1001, "ml-team", (0, 2), "c")
+    assert (ctx.job_id, ctx.node, ctx.user, ctx.uid, ctx.account, ctx.gpus, ctx.cluster) == (
+        5,
+        "gn1",
+        "alice",
+        1001,
+        "ml-team",
+        (0, 2),
+        "c",
+    )
     ctx = job_context({**BASE_ENV, "SLURM_JOB_GPUS": "", "CUDA_VISIBLE_DEVICES": "3"})
     assert ctx.gpus == (3,)
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("SLURM_JOB_ID", "", "SLURM_JOB_ID is not set"),
-    ("SLURM_JOB_ID", "12a", "SLURM_JOB_ID='12a' is not a number"),
-    ("SLURM_JOB_GPUS", "x", "bad SLURM_JOB_GPUS"),
-    ("SLURM_JOB_UID", "-1", "SLURM_JOB_UID"),
-    ("SLURMD_NODENAME", "", "SLURMD_NODENAME is not set"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("SLURM_JOB_ID", "", "SLURM_JOB_ID is not set"),
+        ("SLURM_JOB_ID", "12a", "SLURM_JOB_ID='12a' is not a number"),
+        ("SLURM_JOB_GPUS", "x", "bad SLURM_JOB_GPUS"),
+        ("SLURM_JOB_UID", "-1", "SLURM_JOB_UID"),
+        ("SLURMD_NODENAME", "", "SLURMD_NODENAME is not set"),
+    ],
+)
 def test_bad_hook_environment_names_the_variable(key: str, value: str, message: str) -> None:
     with pytest.raises(InputError, match=message):
         job_context({**BASE_ENV, key: value})

@@ -6,16 +6,20 @@ import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import backend_for, sim_node
 
 from slurmgpu.sim import control, physics
 from slurmgpu.sim.models import MODELS
-from tests.conftest import backend_for, sim_node
 
 H100 = MODELS["H100-SXM5-80GB"]
 
 segment = st.builds(
     lambda start, length, util, mem, pid: physics.Segment(start, start + length, util, mem, pid),
-    st.floats(0, 1000), st.floats(0.001, 500), st.floats(0, 100), st.integers(0, 1 << 36), st.integers(1, 10**6),
+    st.floats(0, 1000),
+    st.floats(0.001, 500),
+    st.floats(0, 100),
+    st.integers(0, 1 << 36),
+    st.integers(1, 10**6),
 )
 
 
@@ -48,7 +52,10 @@ def test_counter_delta_equals_truth(tmp_path) -> None:
     truth = control.truth(node, first.timestamp_epoch_seconds, last.timestamp_epoch_seconds, 0)["gpus"][0]
     assert last.energy_joules is not None and first.energy_joules is not None
     # NVML reports whole millijoules; the readings' timestamps bracket the counter reads by microseconds
-    assert abs((last.energy_joules - first.energy_joules) - truth["energy_joules"]) < 0.05 * truth["energy_joules"]
+    assert (
+        abs((last.energy_joules - first.energy_joules) - truth["energy_joules"])
+        < 0.05 * truth["energy_joules"]
+    )
     assert last.energy_joules >= first.energy_joules
 
 

@@ -19,17 +19,36 @@ from slurmgpu.store.records import Baseline, JobGpuUsage
 
 
 def ctx(job_id: int = 10, node: str = "gn1", **kw: object) -> JobContext:
-    base = dict(job_id=job_id, node=node, cluster="c", user="alice", uid=1001, account="ml-team",
-                partition="gpu", gpus=(0, 1))
+    base = dict(
+        job_id=job_id,
+        node=node,
+        cluster="c",
+        user="alice",
+        uid=1001,
+        account="ml-team",
+        partition="gpu",
+        gpus=(0, 1),
+    )
     base.update(kw)
     return JobContext(**base)  # type: ignore[arg-type]
 
 
 def usage(node: str, minor: int, energy: float = 100.0) -> JobGpuUsage:
-    return JobGpuUsage(node=node, minor=minor, uuid=f"GPU-{minor}", model="NVIDIA H100 80GB HBM3",
-                       memory_total_bytes=80 << 30, start_epoch_seconds=1000.0, end_epoch_seconds=1100.0,
-                       energy_joules=energy, utilization_mean_pct=50.0, utilization_max_pct=80.0,
-                       memory_peak_bytes=1 << 30, memory_utilization_mean_pct=30.0, source="nvml-accounting")
+    return JobGpuUsage(
+        node=node,
+        minor=minor,
+        uuid=f"GPU-{minor}",
+        model="NVIDIA H100 80GB HBM3",
+        memory_total_bytes=80 << 30,
+        start_epoch_seconds=1000.0,
+        end_epoch_seconds=1100.0,
+        energy_joules=energy,
+        utilization_mean_pct=50.0,
+        utilization_max_pct=80.0,
+        memory_peak_bytes=1 << 30,
+        memory_utilization_mean_pct=30.0,
+        source="nvml-accounting",
+    )
 
 
 def test_schema_after_all_migrations(tmp_path: Path) -> None:
@@ -39,7 +58,9 @@ def test_schema_after_all_migrations(tmp_path: Path) -> None:
     assert db["job_gpus"].pks == ["cluster", "job_id", "node", "minor"]
     assert db["baselines"].pks == ["cluster", "job_id", "node", "minor"]
     assert db["jobs"].pks == ["cluster", "job_id"]
-    assert {"energy_joules", "utilization_mean_pct", "memory_peak_bytes", "source"} <= set(db["job_gpus"].columns_dict)
+    assert {"energy_joules", "utilization_mean_pct", "memory_peak_bytes", "source"} <= set(
+        db["job_gpus"].columns_dict
+    )
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -102,7 +123,7 @@ def test_readonly_store_that_does_not_exist_is_a_clear_error(tmp_path: Path) -> 
 def test_garbage_file_is_a_store_error_not_a_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(StoreError, match="bad.db"):
+    with pytest.raises(StoreError, match=r"bad\.db"):
         Store.open(bad)
     assert bad.read_bytes() == b"this is not sqlite" * 100  # nothing overwritten
 

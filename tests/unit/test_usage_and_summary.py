@@ -35,9 +35,19 @@ def test_no_process_means_idle_not_unknown() -> None:
     assert job_window_stats((), 0.0, 10.0) == (0.0, 0.0, 0, 0.0)
 
 
-def reading(energy: float, uuid: str = "GPU-a", accounting: tuple[AccountingStat, ...] | None = ()) -> GpuReading:
-    return GpuReading(index=0, timestamp_epoch_seconds=200.0, minor=0, uuid=uuid, name="X",
-                      memory_total_bytes=80 * GIB, energy_joules=energy, accounting=accounting)
+def reading(
+    energy: float, uuid: str = "GPU-a", accounting: tuple[AccountingStat, ...] | None = ()
+) -> GpuReading:
+    return GpuReading(
+        index=0,
+        timestamp_epoch_seconds=200.0,
+        minor=0,
+        uuid=uuid,
+        name="X",
+        memory_total_bytes=80 * GIB,
+        energy_joules=energy,
+        accounting=accounting,
+    )
 
 
 def baseline(energy: float, uuid: str = "GPU-a") -> Baseline:
@@ -59,20 +69,54 @@ def test_accounting_off_is_said_in_the_source() -> None:
     assert u.source == "none" and u.utilization_mean_pct is None
 
 
-def row(node: str, minor: int, util: float, peak: int, energy: float = 3.6e5, source: str = "nvml-accounting",
-        ) -> JobGpuUsage:
-    return JobGpuUsage(node, minor, f"GPU-{minor}", "NVIDIA H100 80GB HBM3", 80 * GIB, 0.0, 3600.0, energy, util,
-                       util, peak, util / 2, source)
+def row(
+    node: str,
+    minor: int,
+    util: float,
+    peak: int,
+    energy: float = 3.6e5,
+    source: str = "nvml-accounting",
+) -> JobGpuUsage:
+    return JobGpuUsage(
+        node,
+        minor,
+        f"GPU-{minor}",
+        "NVIDIA H100 80GB HBM3",
+        80 * GIB,
+        0.0,
+        3600.0,
+        energy,
+        util,
+        util,
+        peak,
+        util / 2,
+        source,
+    )
 
 
 META = JobMeta("c", 42, "alice", 1001, "ml-team", "gpu", None, None, None, None, 0.0, 3600.0)
-SACCT = SacctJob("42", 42, "alice", "ml-team", "gpu", "COMPLETED", "2026-11-25T10:00:00", "2026-11-25T10:00:00",
-                 "2026-11-25T11:00:00", 3600, "gn1", 4, "0:0", "train")
+SACCT = SacctJob(
+    "42",
+    42,
+    "alice",
+    "ml-team",
+    "gpu",
+    "COMPLETED",
+    "2026-11-25T10:00:00",
+    "2026-11-25T10:00:00",
+    "2026-11-25T11:00:00",
+    3600,
+    "gn1",
+    4,
+    "0:0",
+    "train",
+)
 
 
 def test_totals_follow_the_definitions() -> None:
-    s = summarize(JobRecord(META, (row("gn1", 0, 90, 40 * GIB), row("gn1", 1, 30, 40 * GIB))), SACCT,
-                  ThresholdsConfig())
+    s = summarize(
+        JobRecord(META, (row("gn1", 0, 90, 40 * GIB), row("gn1", 1, 30, 40 * GIB))), SACCT, ThresholdsConfig()
+    )
     assert s.gpu_hours_allocated == 2.0
     assert s.gpu_hours_used == 0.9 + 0.3
     assert s.gpu_efficiency_pct is not None and abs(s.gpu_efficiency_pct - 60.0) < 1e-9
@@ -81,7 +125,9 @@ def test_totals_follow_the_definitions() -> None:
 
 
 def test_idle_gpu_is_named_in_a_hint() -> None:
-    s = summarize(JobRecord(META, (row("gn1", 0, 90, 40 * GIB), row("gn1", 3, 0.5, 0))), SACCT, ThresholdsConfig())
+    s = summarize(
+        JobRecord(META, (row("gn1", 0, 90, 40 * GIB), row("gn1", 3, 0.5, 0))), SACCT, ThresholdsConfig()
+    )
     assert any("gn1:gpu3" in h and "2 GPUs requested, 1 used" in h for h in s.hints)
     assert not any("gn1:gpu0" in h for h in s.hints)
 
@@ -101,7 +147,9 @@ def test_no_telemetry_is_said_not_hidden() -> None:
 
 
 def test_table_and_json_carry_the_same_numbers() -> None:
-    s = summarize(JobRecord(META, (row("gn1", 0, 90, 40 * GIB), row("gn2", 1, 0, 0))), SACCT, ThresholdsConfig())
+    s = summarize(
+        JobRecord(META, (row("gn1", 0, 90, 40 * GIB), row("gn2", 1, 0, 0))), SACCT, ThresholdsConfig()
+    )
     table = render_table(s)
     data = json.loads(render_json(s))
     assert data["gpu_efficiency_pct"] == s.gpu_efficiency_pct == 45.0

@@ -12,8 +12,9 @@ from slurmgpu.store.db import Store
 
 def job_summary(config: Config, text: str, cluster: str = "") -> JobSummary:
     job = parse_job_id(text)  # bad input fails before anything is opened
-    slurm = Slurm(config.path("slurm_bin_dir"), config.paths.slurm_conf,
-                  config.thresholds.slurm_command_timeout_seconds)
+    slurm = Slurm(
+        config.path("slurm_bin_dir"), config.paths.slurm_conf, config.thresholds.slurm_command_timeout_seconds
+    )
     sacct: SacctJob | None = None
     slurm_error: str | None = None
     try:
@@ -29,16 +30,19 @@ def job_summary(config: Config, text: str, cluster: str = "") -> JobSummary:
         except NotFoundError:
             if sacct is None:
                 if slurm_error is None:
-                    raise NotFoundError(f"unknown job {job}: neither Slurm accounting nor the job store know it") \
-                        from None
+                    raise NotFoundError(
+                        f"unknown job {job}: neither Slurm accounting nor the job store know it"
+                    ) from None
                 raise
             # Array tasks and het components: Slurm knows the raw id even when the prolog env did not say it.
             found_cluster, raw = store.resolve_job(parse_job_id(str(sacct.job_id_raw)), cluster)
         record = store.job(found_cluster, raw)
     except NotFoundError:
         if sacct is not None:
-            raise NotFoundError(f"job {job} has no GPU record: it used no GPU, or ran where slurmgpu's hooks "
-                                "are not installed") from None
+            raise NotFoundError(
+                f"job {job} has no GPU record: it used no GPU, or ran where slurmgpu's hooks "
+                "are not installed"
+            ) from None
         raise
     finally:
         store.close()

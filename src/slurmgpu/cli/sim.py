@@ -62,8 +62,9 @@ def sim() -> None:
 @click.option("--node", default=None, help="Node (default: SLURMD_NODENAME).")
 @click.option("--no-wait", is_flag=True, help="With --seconds: declare the load and return at once.")
 @handle_errors
-def load(util: float, mem_gib: float, seconds: float | None, gpus: str | None, node: str | None,
-         no_wait: bool) -> None:
+def load(
+    util: float, mem_gib: float, seconds: float | None, gpus: str | None, node: str | None, no_wait: bool
+) -> None:
     """Run a simulated compute process on the job's GPUs.
 
     Utilization and memory follow, power follows utilization, the energy counter integrates power, and the
@@ -148,13 +149,16 @@ def truth(node: str, since: str | None, until: str | None, minor: int | None, as
 
         slurmgpu sim truth --node gn1 --since 1764000000 --until 1764000060 --json
     """
-    result = control.truth(_node(load_cli_config(), node), _epoch(since, "--since"), _epoch(until, "--until"),
-                           minor)
+    result = control.truth(
+        _node(load_cli_config(), node), _epoch(since, "--since"), _epoch(until, "--until"), minor
+    )
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(f"{result['node']} ({result['model']})")
     for g in result["gpus"]:
-        click.echo(f"  gpu{g['minor']}: energy {g['energy_joules']:.1f} J, utilization mean "
-                   f"{g['utilization_mean_pct']:.1f}% max {g['utilization_max_pct']:.0f}%, "
-                   f"peak memory {g['memory_peak_bytes'] / control.GIB:.1f} GiB over {g['elapsed_seconds']:.1f} s")
+        click.echo(
+            f"  gpu{g['minor']}: energy {g['energy_joules']:.1f} J, utilization mean "
+            f"{g['utilization_mean_pct']:.1f}% max {g['utilization_max_pct']:.0f}%, "
+            f"peak memory {g['memory_peak_bytes'] / control.GIB:.1f} GiB over {g['elapsed_seconds']:.1f} s"
+        )

@@ -11,8 +11,11 @@ from slurmgpu.gpu.types import AccountingStat, GpuReading
 from slurmgpu.store.records import Baseline, JobGpuUsage
 
 
-def job_window_stats(stats: tuple[AccountingStat, ...], start: float, end: float,
-                     ) -> tuple[float | None, float | None, int | None, float | None]:
+def job_window_stats(
+    stats: tuple[AccountingStat, ...],
+    start: float,
+    end: float,
+) -> tuple[float | None, float | None, int | None, float | None]:
     """(mean utilization, max utilization, peak memory bytes, mean memory utilization) over [start, end]."""
     duration = end - start
     if duration <= 0:
@@ -44,11 +47,13 @@ def gpu_usage(node: str, minor: int, final: GpuReading, baseline: Baseline | Non
     start = baseline.taken_epoch_seconds if baseline else final.timestamp_epoch_seconds
     end = final.timestamp_epoch_seconds
     energy = None
-    if baseline and baseline.energy_joules is not None and final.energy_joules is not None:
-        if baseline.uuid is None or final.uuid is None or baseline.uuid == final.uuid:
-            # a counter that went backwards means a driver reload: the job's energy is unknown, not negative
-            delta = final.energy_joules - baseline.energy_joules
-            energy = delta if delta >= 0 else None
+    same_board = baseline is not None and (
+        baseline.uuid is None or final.uuid is None or baseline.uuid == final.uuid
+    )
+    if same_board and baseline and baseline.energy_joules is not None and final.energy_joules is not None:
+        # a counter that went backwards means a driver reload: the job's energy is unknown, not negative
+        delta = final.energy_joules - baseline.energy_joules
+        energy = delta if delta >= 0 else None
     if final.accounting is not None:
         mean, top, peak, mem_util = job_window_stats(final.accounting, start, end)
         source = "nvml-accounting"
@@ -57,9 +62,19 @@ def gpu_usage(node: str, minor: int, final: GpuReading, baseline: Baseline | Non
         peak = None
         source = "none"
     return JobGpuUsage(
-        node=node, minor=minor, uuid=final.uuid, model=final.name, memory_total_bytes=final.memory_total_bytes,
-        start_epoch_seconds=start, end_epoch_seconds=end, energy_joules=energy, utilization_mean_pct=mean,
-        utilization_max_pct=top, memory_peak_bytes=peak, memory_utilization_mean_pct=mem_util, source=source,
+        node=node,
+        minor=minor,
+        uuid=final.uuid,
+        model=final.name,
+        memory_total_bytes=final.memory_total_bytes,
+        start_epoch_seconds=start,
+        end_epoch_seconds=end,
+        energy_joules=energy,
+        utilization_mean_pct=mean,
+        utilization_max_pct=top,
+        memory_peak_bytes=peak,
+        memory_utilization_mean_pct=mem_util,
+        source=source,
     )
 
 
@@ -69,9 +84,14 @@ def baseline_from(reading: GpuReading, xid_count: int | None) -> Baseline:
     if reading.retired_pages_single_bit is not None or reading.retired_pages_double_bit is not None:
         retired = (reading.retired_pages_single_bit or 0) + (reading.retired_pages_double_bit or 0)
     return Baseline(
-        minor=reading.minor, uuid=reading.uuid, taken_epoch_seconds=reading.timestamp_epoch_seconds,
-        energy_joules=reading.energy_joules, ecc_volatile_uncorrected=reading.ecc_volatile_uncorrected,
+        minor=reading.minor,
+        uuid=reading.uuid,
+        taken_epoch_seconds=reading.timestamp_epoch_seconds,
+        energy_joules=reading.energy_joules,
+        ecc_volatile_uncorrected=reading.ecc_volatile_uncorrected,
         ecc_aggregate_uncorrected=reading.ecc_aggregate_uncorrected,
-        ecc_aggregate_corrected=reading.ecc_aggregate_corrected, retired_pages=retired,
-        remapped_rows_uncorrectable=reading.remapped_rows_uncorrectable, xid_count=xid_count,
+        ecc_aggregate_corrected=reading.ecc_aggregate_corrected,
+        retired_pages=retired,
+        remapped_rows_uncorrectable=reading.remapped_rows_uncorrectable,
+        xid_count=xid_count,
     )

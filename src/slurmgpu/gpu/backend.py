@@ -12,6 +12,7 @@ def open_backend(config: Config, node: str) -> NvmlBackend:
         from slurmgpu.sim.fake_pynvml import make_module
         from slurmgpu.sim.state import SimNode
 
-        return NvmlBackend(make_module(SimNode(config.sim_state_dir(), node, config.simulator)),
-                           timeout_seconds=timeout)
+        return NvmlBackend(
+            make_module(SimNode(config.sim_state_dir(), node, config.simulator)), timeout_seconds=timeout
+        )
     return NvmlBackend(timeout_seconds=timeout)

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import replace
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 from slurmgpu.gpu.types import AccountingStat, GpuProcess, GpuReading, NodeReading
 
@@ -28,7 +28,7 @@ class _GpuLost(Exception):
 def load_pynvml() -> ModuleType:
     import pynvml
 
-    return pynvml
+    return cast(ModuleType, pynvml)
 
 
 class NvmlBackend:
@@ -57,8 +57,10 @@ class NvmlBackend:
         threads = []
         for index in range(count):
             t = threading.Thread(
-                target=self._read_into, args=(index, partial[index], results, with_accounting, with_processes),
-                name=f"nvml-gpu{index}", daemon=True,
+                target=self._read_into,
+                args=(index, partial[index], results, with_accounting, with_processes),
+                name=f"nvml-gpu{index}",
+                daemon=True,
             )
             t.start()
             threads.append(t)
@@ -68,11 +70,17 @@ class NvmlBackend:
         for index, result in enumerate(results):
             if result is None:  # still blocked in NVML: keep what it had read so far (often the minor number)
                 fields = partial[index]
-                gpus.append(GpuReading(
-                    index=index, timestamp_epoch_seconds=time.time(), status="unresponsive",
-                    detail=f"no answer from NVML within {self._timeout:g} s",
-                    minor=fields.get("minor"), uuid=fields.get("uuid"), pci_bus_id=fields.get("pci_bus_id"),
-                ))
+                gpus.append(
+                    GpuReading(
+                        index=index,
+                        timestamp_epoch_seconds=time.time(),
+                        status="unresponsive",
+                        detail=f"no answer from NVML within {self._timeout:g} s",
+                        minor=fields.get("minor"),
+                        uuid=fields.get("uuid"),
+                        pci_bus_id=fields.get("pci_bus_id"),
+                    )
+                )
             else:
                 gpus.append(result)
         return NodeReading(gpus=tuple(_infer_lone_minor(gpus)), driver_version=driver)
@@ -97,7 +105,7 @@ class NvmlBackend:
         def target() -> None:
             try:
                 fn()
-            except BaseException as exc:  # noqa: BLE001 - reported as data
+            except BaseException as exc:
                 box["error"] = exc
 
         t = threading.Thread(target=target, daemon=True)
@@ -116,8 +124,12 @@ class NvmlBackend:
             return None
 
     def _read_into(
-        self, index: int, fields: dict[str, Any], results: list[GpuReading | None],
-        with_accounting: bool, with_processes: bool,
+        self,
+        index: int,
+        fields: dict[str, Any],
+        results: list[GpuReading | None],
+        with_accounting: bool,
+        with_processes: bool,
     ) -> None:
         nv = self._nvml
         failed: list[str] = []
@@ -137,8 +149,12 @@ class NvmlBackend:
         try:
             handle = q("handle", nv.nvmlDeviceGetHandleByIndex, index)
             if handle is None:
-                results[index] = GpuReading(index=index, timestamp_epoch_seconds=time.time(), status="error",
-                                            detail="; ".join(failed) or "no handle")
+                results[index] = GpuReading(
+                    index=index,
+                    timestamp_epoch_seconds=time.time(),
+                    status="error",
+                    detail="; ".join(failed) or "no handle",
+                )
                 return
             fields["minor"] = q("minor", nv.nvmlDeviceGetMinorNumber, handle)
             fields["uuid"] = q("uuid", nv.nvmlDeviceGetUUID, handle)
@@ -147,20 +163,35 @@ class NvmlBackend:
             reading = self._read_fields(handle, fields, q, with_accounting, with_processes)
         except _GpuLost as exc:
             results[index] = GpuReading(
-                index=index, timestamp_epoch_seconds=time.time(), status="lost", detail=f"NVML: {exc}",
-                minor=fields.get("minor"), uuid=fields.get("uuid"), pci_bus_id=fields.get("pci_bus_id"),
+                index=index,
+                timestamp_epoch_seconds=time.time(),
+                status="lost",
+                detail=f"NVML: {exc}",
+                minor=fields.get("minor"),
+                uuid=fields.get("uuid"),
+                pci_bus_id=fields.get("pci_bus_id"),
             )
             return
-        except Exception as exc:  # noqa: BLE001 - a bug or odd driver answer for one GPU must not stop the others
-            results[index] = GpuReading(index=index, timestamp_epoch_seconds=time.time(), status="error",
-                                        detail=f"{type(exc).__name__}: {exc}", minor=fields.get("minor"))
+        except Exception as exc:
+            results[index] = GpuReading(
+                index=index,
+                timestamp_epoch_seconds=time.time(),
+                status="error",
+                detail=f"{type(exc).__name__}: {exc}",
+                minor=fields.get("minor"),
+            )
             return
         results[index] = GpuReading(index=index, failed_fields=tuple(failed), **reading)
 
-    def _read_fields(self, handle: Any, fields: dict[str, Any], q: Any, with_accounting: bool,
-                     with_processes: bool) -> dict[str, Any]:
+    def _read_fields(
+        self, handle: Any, fields: dict[str, Any], q: Any, with_accounting: bool, with_processes: bool
+    ) -> dict[str, Any]:
         nv = self._nvml
-        out: dict[str, Any] = {"minor": fields["minor"], "uuid": fields["uuid"], "pci_bus_id": fields["pci_bus_id"]}
+        out: dict[str, Any] = {
+            "minor": fields["minor"],
+            "uuid": fields["uuid"],
+            "pci_bus_id": fields["pci_bus_id"],
+        }
         out["name"] = q("name", nv.nvmlDeviceGetName, handle)
         mem = q("memory", nv.nvmlDeviceGetMemoryInfo, handle)
         if mem is not None:
@@ -171,18 +202,34 @@ class NvmlBackend:
         out["power_watts"] = _scale(q("power", nv.nvmlDeviceGetPowerUsage, handle), 1e-3)  # mW
         out["power_limit_watts"] = _scale(q("power_limit", nv.nvmlDeviceGetEnforcedPowerLimit, handle), 1e-3)
         out["energy_joules"] = _scale(q("energy", nv.nvmlDeviceGetTotalEnergyConsumption, handle), 1e-3)  # mJ
-        out["temperature_celsius"] = q("temperature", nv.nvmlDeviceGetTemperature, handle, nv.NVML_TEMPERATURE_GPU)
+        out["temperature_celsius"] = q(
+            "temperature", nv.nvmlDeviceGetTemperature, handle, nv.NVML_TEMPERATURE_GPU
+        )
         out["sm_clock_mhz"] = q("sm_clock", nv.nvmlDeviceGetClockInfo, handle, nv.NVML_CLOCK_SM)
         out["clock_event_reasons"] = self._clock_event_reasons(handle, q)
-        for kind, kind_name in ((nv.NVML_MEMORY_ERROR_TYPE_CORRECTED, "corrected"),
-                                (nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, "uncorrected")):
-            for counter, counter_name in ((nv.NVML_VOLATILE_ECC, "volatile"), (nv.NVML_AGGREGATE_ECC, "aggregate")):
+        for kind, kind_name in (
+            (nv.NVML_MEMORY_ERROR_TYPE_CORRECTED, "corrected"),
+            (nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, "uncorrected"),
+        ):
+            for counter, counter_name in (
+                (nv.NVML_VOLATILE_ECC, "volatile"),
+                (nv.NVML_AGGREGATE_ECC, "aggregate"),
+            ):
                 out[f"ecc_{counter_name}_{kind_name}"] = q(
-                    f"ecc_{counter_name}_{kind_name}", nv.nvmlDeviceGetTotalEccErrors, handle, kind, counter)
-        sbe = q("retired_pages_sbe", nv.nvmlDeviceGetRetiredPages, handle,
-                nv.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS)
-        dbe = q("retired_pages_dbe", nv.nvmlDeviceGetRetiredPages, handle,
-                nv.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR)
+                    f"ecc_{counter_name}_{kind_name}", nv.nvmlDeviceGetTotalEccErrors, handle, kind, counter
+                )
+        sbe = q(
+            "retired_pages_sbe",
+            nv.nvmlDeviceGetRetiredPages,
+            handle,
+            nv.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS,
+        )
+        dbe = q(
+            "retired_pages_dbe",
+            nv.nvmlDeviceGetRetiredPages,
+            handle,
+            nv.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR,
+        )
         out["retired_pages_single_bit"] = None if sbe is None else len(sbe)
         out["retired_pages_double_bit"] = None if dbe is None else len(dbe)
         pending = q("retired_pages_pending", nv.nvmlDeviceGetRetiredPagesPendingStatus, handle)
@@ -190,8 +237,12 @@ class NvmlBackend:
         remap = q("remapped_rows", nv.nvmlDeviceGetRemappedRows, handle)
         if remap is not None:
             corr, unc, is_pending, failure = remap
-            out.update(remapped_rows_correctable=int(corr), remapped_rows_uncorrectable=int(unc),
-                       remapped_rows_pending=bool(is_pending), remapped_rows_failure=bool(failure))
+            out.update(
+                remapped_rows_correctable=int(corr),
+                remapped_rows_uncorrectable=int(unc),
+                remapped_rows_pending=bool(is_pending),
+                remapped_rows_failure=bool(failure),
+            )
         out["pcie_link_gen"] = q("pcie_gen", nv.nvmlDeviceGetCurrPcieLinkGeneration, handle)
         out["pcie_link_gen_max"] = q("pcie_gen_max", nv.nvmlDeviceGetMaxPcieLinkGeneration, handle)
         out["pcie_link_width"] = q("pcie_width", nv.nvmlDeviceGetCurrPcieLinkWidth, handle)
@@ -204,8 +255,12 @@ class NvmlBackend:
             procs = q("processes", nv.nvmlDeviceGetComputeRunningProcesses, handle)
             if procs is not None:
                 out["processes"] = tuple(
-                    GpuProcess(pid=int(p.pid), used_memory_bytes=None if p.usedGpuMemory is None
-                               else int(p.usedGpuMemory)) for p in procs)
+                    GpuProcess(
+                        pid=int(p.pid),
+                        used_memory_bytes=None if p.usedGpuMemory is None else int(p.usedGpuMemory),
+                    )
+                    for p in procs
+                )
         if with_accounting and out["accounting_mode"]:
             out["accounting"] = self._accounting(handle, q)
         out["timestamp_epoch_seconds"] = time.time()
@@ -237,15 +292,19 @@ class NvmlBackend:
                 s = nv.nvmlDeviceGetAccountingStats(handle, pid)
             except (nv.NVMLError_NotFound, nv.NVMLError_NotSupported):
                 continue  # the pid left the driver's circular buffer between the two calls
-            stats.append(AccountingStat(
-                pid=int(pid),
-                gpu_utilization_pct=_available(s.gpuUtilization),
-                memory_utilization_pct=_available(s.memoryUtilization),
-                max_memory_bytes=None if s.maxMemoryUsage is None else int(s.maxMemoryUsage),
-                start_time_epoch_seconds=int(s.startTime) / 1e6,  # microseconds since the epoch
-                active_seconds=None if s.isRunning else int(s.time) / 1e3,  # ms; NVML reports 0 while running
-                is_running=bool(s.isRunning),
-            ))
+            stats.append(
+                AccountingStat(
+                    pid=int(pid),
+                    gpu_utilization_pct=_available(s.gpuUtilization),
+                    memory_utilization_pct=_available(s.memoryUtilization),
+                    max_memory_bytes=None if s.maxMemoryUsage is None else int(s.maxMemoryUsage),
+                    start_time_epoch_seconds=int(s.startTime) / 1e6,  # microseconds since the epoch
+                    active_seconds=None
+                    if s.isRunning
+                    else int(s.time) / 1e3,  # ms; NVML reports 0 while running
+                    is_running=bool(s.isRunning),
+                )
+            )
         return tuple(stats)
 
 
@@ -258,7 +317,9 @@ def _infer_lone_minor(gpus: list[GpuReading]) -> list[GpuReading]:
         return gpus
     lone = unknown[0]
     guess = missing.pop()
-    fixed = replace(lone, minor=guess, detail=f"{lone.detail} (minor {guess} inferred: the only one not seen)")
+    fixed = replace(
+        lone, minor=guess, detail=f"{lone.detail} (minor {guess} inferred: the only one not seen)"
+    )
     return [fixed if g is lone else g for g in gpus]
 
 

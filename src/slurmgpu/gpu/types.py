@@ -29,7 +29,11 @@ class AccountingStat:
     is_running: bool
 
     def window(self, now_epoch_seconds: float) -> tuple[float, float]:
-        end = now_epoch_seconds if self.active_seconds is None else self.start_time_epoch_seconds + self.active_seconds
+        end = (
+            now_epoch_seconds
+            if self.active_seconds is None
+            else self.start_time_epoch_seconds + self.active_seconds
+        )
         return self.start_time_epoch_seconds, end
 
 

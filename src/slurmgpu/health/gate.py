@@ -25,14 +25,25 @@ def prolog_gate(node: NodeReading, job_minors: tuple[int, ...]) -> list[CheckRes
             results.append(CheckResult("gpu-read", "warn", gpu.detail, minor))
             continue
         if gpu.ecc_volatile_uncorrected:
-            results.append(CheckResult("ecc-uncorrectable", "fail",
-                                       f"{gpu.ecc_volatile_uncorrected} uncorrectable ECC errors since boot", minor))
+            results.append(
+                CheckResult(
+                    "ecc-uncorrectable",
+                    "fail",
+                    f"{gpu.ecc_volatile_uncorrected} uncorrectable ECC errors since boot",
+                    minor,
+                )
+            )
         if gpu.retired_pages_pending:
-            results.append(CheckResult("retired-pages-pending", "fail",
-                                       "pages wait for retirement (GPU reset needed)", minor))
+            results.append(
+                CheckResult(
+                    "retired-pages-pending", "fail", "pages wait for retirement (GPU reset needed)", minor
+                )
+            )
     unhealthy = any(r.status == "fail" for r in results)
     _, missing = node.select(job_minors)
     if missing and not unhealthy:
         shown = ", ".join(f"gpu{m}" for m in missing)
-        results.append(CheckResult("gpu-missing", "warn", f"Slurm allocated {shown}, NVML shows no such minor"))
+        results.append(
+            CheckResult("gpu-missing", "warn", f"Slurm allocated {shown}, NVML shows no such minor")
+        )
     return results

@@ -21,17 +21,21 @@ def epilog(config: Config, env: Mapping[str, str], log: HookLog) -> int:
         return EXIT_OK
     run_dir = config.path("run_dir", ctx.node)
     try:
-        reading = open_backend(config, ctx.node).read_node(with_accounting=True)
-        if reading.error:
-            log("warning", f"job {ctx.job_id}: no final GPU reading: {reading.error}")
-        found, missing = reading.select(ctx.gpus)
-        for minor in missing:
-            log("warning", f"job {ctx.job_id}: gpu{minor} not readable at job end")
         store = Store.open(config.path("database", ctx.node))
         try:
             baselines = store.load_baselines(ctx.cluster, ctx.job_id, ctx.node)
-            usage = [gpu_usage(ctx.node, minor, gpu, baselines.get(minor)) for minor, gpu in sorted(found.items())
-                     if gpu.ok]
+            if not baselines:
+                # Our prolog did not complete for this job here: Slurm also runs the epilog after a prolog that
+                # failed and drained the node. The job never used these GPUs, so there is nothing to record.
+                log("warning", f"job {ctx.job_id}: no prolog baseline on {ctx.node}: nothing recorded")
+                return EXIT_OK
+            reading = open_backend(config, ctx.node).read_node(with_accounting=True)
+            if reading.error:
+                log("warning", f"job {ctx.job_id}: no final GPU reading: {reading.error}")
+            found, missing = reading.select(tuple(sorted(baselines)))
+            for minor in missing:
+                log("warning", f"job {ctx.job_id}: gpu{minor} not readable at job end")
+            usage = [gpu_usage(ctx.node, m, gpu, baselines[m]) for m, gpu in sorted(found.items()) if gpu.ok]
             store.save_usage(ctx, usage, time.time())
         finally:
             store.close()

@@ -25,7 +25,10 @@ def prolog(config: Config, env: Mapping[str, str], log: HookLog) -> int:
     results = prolog_gate(reading, ctx.gpus)
     for r in results:
         if r.status != "ok":
-            log("warning" if r.status == "warn" else "error", f"job {ctx.job_id} {r.check} {r.where}: {r.detail}")
+            log(
+                "warning" if r.status == "warn" else "error",
+                f"job {ctx.job_id} {r.check} {r.where}: {r.detail}",
+            )
     failed = failures(results)
     if failed:
         return _drain(config, ctx, reading, results, failed, log)
@@ -44,7 +47,8 @@ def _save_baselines(config: Config, ctx: JobContext, reading: NodeReading, log: 
         log("warning", f"job {ctx.job_id}: no baseline for GPUs {list(missing)} (not visible through NVML)")
     xids = count_by_bus(read_kernel_log(kernel_log_path(config, ctx.node)))
     baselines = [
-        baseline_from(g, xids.get(short_bus_id(g.pci_bus_id), 0) if g.pci_bus_id else None) for g in found.values()
+        baseline_from(g, xids.get(short_bus_id(g.pci_bus_id), 0) if g.pci_bus_id else None)
+        for g in found.values()
     ]
     store = Store.open(config.path("database", ctx.node))
     try:
@@ -59,14 +63,21 @@ def kernel_log_path(config: Config, node: str) -> Path:
     return Path("/dev/kmsg")
 
 
-def _drain(config: Config, ctx: JobContext, reading: NodeReading, results: list[CheckResult],
-           failed: list[CheckResult], log: HookLog) -> int:
+def _drain(
+    config: Config,
+    ctx: JobContext,
+    reading: NodeReading,
+    results: list[CheckResult],
+    failed: list[CheckResult],
+    log: HookLog,
+) -> int:
     """Drain with a precise reason, then fail the prolog so Slurm requeues the job elsewhere."""
     from slurmgpu.slurm.commands import Slurm
 
     reason = drain_reason(failed)
-    slurm = Slurm(config.path("slurm_bin_dir"), config.paths.slurm_conf,
-                  config.thresholds.slurm_command_timeout_seconds)
+    slurm = Slurm(
+        config.path("slurm_bin_dir"), config.paths.slurm_conf, config.thresholds.slurm_command_timeout_seconds
+    )
     from slurmgpu.errors import SlurmError
 
     try:
@@ -79,8 +90,14 @@ def _drain(config: Config, ctx: JobContext, reading: NodeReading, results: list[
     return EXIT_HARDWARE_FAULT
 
 
-def _record_drain(config: Config, ctx: JobContext, reading: NodeReading, failed: list[CheckResult], reason: str,
-                  log: HookLog) -> None:
+def _record_drain(
+    config: Config,
+    ctx: JobContext,
+    reading: NodeReading,
+    failed: list[CheckResult],
+    reason: str,
+    log: HookLog,
+) -> None:
     """Best effort: the drain already happened; a store problem must not turn it into a success."""
     try:
         from dataclasses import asdict
@@ -90,12 +107,27 @@ def _record_drain(config: Config, ctx: JobContext, reading: NodeReading, failed:
         store = Store.open(config.path("database", ctx.node))
         try:
             for r in failed:
-                store.record_health_event(cluster=ctx.cluster, node=ctx.node, minor=r.minor, job_id=ctx.job_id,
-                                          hook="prolog", check_name=r.check, severity=r.status, detail=r.detail)
-            store.record_drain(cluster=ctx.cluster, node=ctx.node, action="drain", reason=reason, actor="root",
-                               source="prolog", job_id=ctx.job_id,
-                               readings=[asdict(g) for g in reading.gpus if g.status != "ok" or g.minor in ctx.gpus])
+                store.record_health_event(
+                    cluster=ctx.cluster,
+                    node=ctx.node,
+                    minor=r.minor,
+                    job_id=ctx.job_id,
+                    hook="prolog",
+                    check_name=r.check,
+                    severity=r.status,
+                    detail=r.detail,
+                )
+            store.record_drain(
+                cluster=ctx.cluster,
+                node=ctx.node,
+                action="drain",
+                reason=reason,
+                actor="root",
+                source="prolog",
+                job_id=ctx.job_id,
+                readings=[asdict(g) for g in reading.gpus if g.status != "ok" or g.minor in ctx.gpus],
+            )
         finally:
             store.close()
-    except Exception as exc:  # noqa: BLE001 - see docstring
+    except Exception as exc:
         log("error", f"job {ctx.job_id}: drain of {ctx.node} not recorded: {exc}")

@@ -29,9 +29,12 @@ def run_hook(name: str, env: dict[str, str] | None = None) -> int:
             from slurmgpu.hooks.epilog import epilog
 
             code = epilog(config, env, log)
-        log("debug", f"job {env.get('SLURM_JOB_ID', '?')} done in {time.monotonic() - started:.3f} s, exit {code}")
+        log(
+            "debug",
+            f"job {env.get('SLURM_JOB_ID', '?')} done in {time.monotonic() - started:.3f} s, exit {code}",
+        )
         return code
-    except Exception as exc:  # noqa: BLE001 - decision 5: never fail a job because of ourselves
+    except Exception as exc:
         from slurmgpu.errors import SlurmgpuError
 
         what = str(exc) if isinstance(exc, SlurmgpuError) else f"{type(exc).__name__}: {exc}"

@@ -67,23 +67,35 @@ def _row(u: JobGpuUsage, idle_pct: float) -> GpuRow:
     elapsed = u.elapsed_seconds
     power = u.energy_joules / elapsed if u.energy_joules is not None and elapsed > 0 else None
     return GpuRow(
-        node=u.node, minor=u.minor, uuid=u.uuid, model=u.model, elapsed_seconds=elapsed,
-        utilization_mean_pct=u.utilization_mean_pct, utilization_max_pct=u.utilization_max_pct,
-        memory_peak_bytes=u.memory_peak_bytes, memory_total_bytes=u.memory_total_bytes,
+        node=u.node,
+        minor=u.minor,
+        uuid=u.uuid,
+        model=u.model,
+        elapsed_seconds=elapsed,
+        utilization_mean_pct=u.utilization_mean_pct,
+        utilization_max_pct=u.utilization_max_pct,
+        memory_peak_bytes=u.memory_peak_bytes,
+        memory_total_bytes=u.memory_total_bytes,
         energy_kwh=None if u.energy_joules is None else u.energy_joules / JOULES_PER_KWH,
         average_power_watts=power,
-        idle=None if u.utilization_mean_pct is None else u.utilization_mean_pct < idle_pct, source=u.source,
+        idle=None if u.utilization_mean_pct is None else u.utilization_mean_pct < idle_pct,
+        source=u.source,
     )
 
 
-def summarize(record: JobRecord, sacct: SacctJob | None, thresholds: ThresholdsConfig,
-              slurm_error: str | None = None) -> JobSummary:
+def summarize(
+    record: JobRecord, sacct: SacctJob | None, thresholds: ThresholdsConfig, slurm_error: str | None = None
+) -> JobSummary:
     meta = record.meta
     rows = tuple(_row(u, thresholds.idle_utilization_pct) for u in record.gpus)
     hours = [r.elapsed_seconds / 3600.0 for r in rows]
     allocated = sum(hours)
-    known = [(r, h) for r, h in zip(rows, hours, strict=True) if r.utilization_mean_pct is not None]
-    used = sum(r.utilization_mean_pct / 100.0 * h for r, h in known) if known else None  # type: ignore[operator]
+    known = [
+        (r.utilization_mean_pct, h)
+        for r, h in zip(rows, hours, strict=True)
+        if r.utilization_mean_pct is not None
+    ]
+    used = sum(util / 100.0 * h for util, h in known) if known else None
     efficiency = None
     if used is not None and allocated > 0 and len(known) == len(rows):
         efficiency = 100.0 * used / allocated
@@ -96,14 +108,30 @@ def summarize(record: JobRecord, sacct: SacctJob | None, thresholds: ThresholdsC
     power = energy * JOULES_PER_KWH / window if energy is not None and window > 0 else None
     nodes = tuple(sorted({r.node for r in rows}))
     return JobSummary(
-        job_id=sacct.job_id if sacct else _display_id(record), job_id_raw=meta.job_id, cluster=meta.cluster,
-        name=sacct.name if sacct else None, user=meta.user, account=meta.account, partition=meta.partition,
-        nodes=nodes, state=sacct.state if sacct else "unknown", submit=sacct.submit if sacct else None,
-        start=sacct.start if sacct else None, end=sacct.end if sacct else None, elapsed_seconds=elapsed,
-        window_start_epoch_seconds=window_start, window_end_epoch_seconds=window_end, gpus=rows,
-        gpus_allocated=len(rows), gpu_hours_allocated=allocated, gpu_hours_used=used,
-        gpu_efficiency_pct=efficiency, energy_kwh=energy, average_power_watts=power,
-        hints=tuple(hints(rows, efficiency, thresholds)), slurm_error=slurm_error,
+        job_id=sacct.job_id if sacct else _display_id(record),
+        job_id_raw=meta.job_id,
+        cluster=meta.cluster,
+        name=sacct.name if sacct else None,
+        user=meta.user,
+        account=meta.account,
+        partition=meta.partition,
+        nodes=nodes,
+        state=sacct.state if sacct else "unknown",
+        submit=sacct.submit if sacct else None,
+        start=sacct.start if sacct else None,
+        end=sacct.end if sacct else None,
+        elapsed_seconds=elapsed,
+        window_start_epoch_seconds=window_start,
+        window_end_epoch_seconds=window_end,
+        gpus=rows,
+        gpus_allocated=len(rows),
+        gpu_hours_allocated=allocated,
+        gpu_hours_used=used,
+        gpu_efficiency_pct=efficiency,
+        energy_kwh=energy,
+        average_power_watts=power,
+        hints=tuple(hints(rows, efficiency, thresholds)),
+        slurm_error=slurm_error,
     )
 
 
@@ -123,23 +151,34 @@ def hints(rows: tuple[GpuRow, ...], efficiency: float | None, t: ThresholdsConfi
     blind = [r for r in rows if r.source == "none"]
     if blind:
         where = ", ".join(sorted({r.node for r in blind}))
-        out.append(f"no utilization data from {where}: NVML accounting mode is off there "
-                   "(an admin can enable it with `nvidia-smi -am 1`, or run the slurmgpu agent)")
+        out.append(
+            f"no utilization data from {where}: NVML accounting mode is off there "
+            "(an admin can enable it with `nvidia-smi -am 1`, or run the slurmgpu agent)"
+        )
     idle = [r for r in rows if r.idle]
     if idle:
         names = ", ".join(f"{r.node}:gpu{r.minor}" for r in idle)
         busy = len(rows) - len(idle)
-        out.append(f"{len(idle)} of {len(rows)} GPUs idle (mean utilization under {t.idle_utilization_pct:g}%): "
-                   f"{names}. {len(rows)} GPUs requested, {busy} used"
-                   + (f": request {busy} next time." if busy else ": did the job run on the CPU only?"))
+        out.append(
+            f"{len(idle)} of {len(rows)} GPUs idle (mean utilization under {t.idle_utilization_pct:g}%): "
+            f"{names}. {len(rows)} GPUs requested, {busy} used"
+            + (f": request {busy} next time." if busy else ": did the job run on the CPU only?")
+        )
     active = [r for r in rows if r.idle is False]
     if efficiency is not None and active and efficiency < t.low_efficiency_pct and not idle:
-        out.append(f"GPU efficiency {efficiency:.0f}% is low: the GPUs waited most of the time; look at data loading,"
-                   " CPU work between kernels, or a larger batch size")
-    peaks = [(r.memory_peak_bytes, r.memory_total_bytes) for r in active
-             if r.memory_peak_bytes is not None and r.memory_total_bytes]
-    if peaks and all(p / total < t.low_memory_fraction for p, total in peaks):  # type: ignore[operator]
-        peak, total = max(peaks, key=lambda pt: pt[0] or 0)
-        out.append(f"peak GPU memory {peak / GIB:.1f} GiB of {total / GIB:.1f} GiB "  # type: ignore[operator]
-                   f"({100 * peak / total:.0f}%): a GPU with less memory, or a MIG slice, would do")  # type: ignore[operator]
+        out.append(
+            f"GPU efficiency {efficiency:.0f}% is low: the GPUs waited most of the time; look at data loading,"
+            " CPU work between kernels, or a larger batch size"
+        )
+    peaks = [
+        (r.memory_peak_bytes, r.memory_total_bytes)
+        for r in active
+        if r.memory_peak_bytes is not None and r.memory_total_bytes
+    ]
+    if peaks and all(p / total < t.low_memory_fraction for p, total in peaks):
+        peak, total = max(peaks)
+        out.append(
+            f"peak GPU memory {peak / GIB:.1f} GiB of {total / GIB:.1f} GiB "
+            f"({100 * peak / total:.0f}%): a GPU with less memory, or a MIG slice, would do"
+        )
     return out

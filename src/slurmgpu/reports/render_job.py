@@ -9,7 +9,7 @@ from slurmgpu.reports.job_summary import GIB, JobSummary
 
 
 def duration(seconds: float) -> str:
-    s = int(round(seconds))
+    s = round(seconds)
     days, s = divmod(s, 86400)
     h, s = divmod(s, 3600)
     m, s = divmod(s, 60)
@@ -32,23 +32,40 @@ def _mem(peak: int | None, total: int | None) -> str:
 
 def render_table(s: JobSummary) -> str:
     lines = [f"Job {s.job_id}" + (f" ({s.name})" if s.name else "") + f"  cluster {s.cluster}"]
-    header = [("User", s.user), ("Account", s.account or "-"), ("Partition", s.partition or "-"),
-              ("Nodes", ",".join(s.nodes) or "-"), ("State", s.state), ("Start", s.start or "-"),
-              ("Elapsed", duration(s.elapsed_seconds))]
+    header = [
+        ("User", s.user),
+        ("Account", s.account or "-"),
+        ("Partition", s.partition or "-"),
+        ("Nodes", ",".join(s.nodes) or "-"),
+        ("State", s.state),
+        ("Start", s.start or "-"),
+        ("Elapsed", duration(s.elapsed_seconds)),
+    ]
     lines += [f"  {k:<10} {v}" for k, v in header]
     if s.slurm_error:
         lines.append(f"  (Slurm accounting unavailable: {s.slurm_error})")
     lines.append("")
     cols = ("NODE", "GPU", "MODEL", "UTIL MEAN", "UTIL MAX", "MEMORY PEAK / TOTAL", "ENERGY kWh", "AVG POWER")
-    body = [(r.node, str(r.minor), r.model or "-", _pct(r.utilization_mean_pct), _pct(r.utilization_max_pct),
-             _mem(r.memory_peak_bytes, r.memory_total_bytes), _num(r.energy_kwh, ".4f"),
-             "-" if r.average_power_watts is None else f"{r.average_power_watts:.0f} W") for r in s.gpus]
+    body = [
+        (
+            r.node,
+            str(r.minor),
+            r.model or "-",
+            _pct(r.utilization_mean_pct),
+            _pct(r.utilization_max_pct),
+            _mem(r.memory_peak_bytes, r.memory_total_bytes),
+            _num(r.energy_kwh, ".4f"),
+            "-" if r.average_power_watts is None else f"{r.average_power_watts:.0f} W",
+        )
+        for r in s.gpus
+    ]
     widths = [max(len(c), *(len(row[i]) for row in body)) if body else len(c) for i, c in enumerate(cols)]
     right = {3, 4, 6, 7}
 
     def fmt(row: tuple[str, ...]) -> str:
-        return "  ".join(v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths,
-                                                                                                strict=True))).rstrip()
+        return "  ".join(
+            v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
 
     lines.append(fmt(cols))
     lines += [fmt(row) for row in body]
@@ -56,7 +73,8 @@ def render_table(s: JobSummary) -> str:
     lines.append(
         f"GPU-hours allocated {s.gpu_hours_allocated:.4f}, used {_num(s.gpu_hours_used, '.4f')}; "
         f"GPU efficiency {_pct(s.gpu_efficiency_pct)}; energy {_num(s.energy_kwh, '.4f')} kWh"
-        + ("" if s.average_power_watts is None else f" (average {s.average_power_watts:.0f} W)"))
+        + ("" if s.average_power_watts is None else f" (average {s.average_power_watts:.0f} W)")
+    )
     if s.hints:
         lines.append("Hints:")
         lines += [f"  - {h}" for h in s.hints]

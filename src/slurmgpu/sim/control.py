@@ -12,7 +12,9 @@ from slurmgpu.sim.state import HEALTHY_FAULTS, SimNode
 from slurmgpu.sim.xid_text import xid_message
 
 GIB = 1 << 30
-LEASE_SECONDS = 15.0  # an open-ended load holds the GPU this far ahead and renews; a killed loader frees it by then
+LEASE_SECONDS = (
+    15.0  # an open-ended load holds the GPU this far ahead and renews; a killed loader frees it by then
+)
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,15 @@ FAULT_KINDS = (
 FAULT_NAMES = tuple(k.name for k in FAULT_KINDS)
 
 
-def add_load(sim: SimNode, minors: tuple[int, ...], utilization_pct: float, memory_bytes: int, pid: int,
-             start: float, end: float) -> None:
+def add_load(
+    sim: SimNode,
+    minors: tuple[int, ...],
+    utilization_pct: float,
+    memory_bytes: int,
+    pid: int,
+    start: float,
+    end: float,
+) -> None:
     """Declare a process on each GPU from `start` to `end` (its lease when open-ended)."""
     if not 0 <= utilization_pct <= 100:
         raise InputError(f"utilization {utilization_pct} is not within 0..100")
@@ -53,7 +62,8 @@ def add_load(sim: SimNode, minors: tuple[int, ...], utilization_pct: float, memo
             raise InputError(f"{memory_bytes / GIB:.1f} GiB does not fit a {total / GIB:.1f} GiB GPU")
         for minor in minors:
             sim.gpu_by_minor(state, minor)["segments"].append(
-                physics.Segment(start, end, float(utilization_pct), int(memory_bytes), pid))
+                physics.Segment(start, end, float(utilization_pct), int(memory_bytes), pid)
+            )
 
     sim.update(change)
 
@@ -68,7 +78,8 @@ def set_load_end(sim: SimNode, minors: tuple[int, ...], pid: int, start: float, 
             gpu = sim.gpu_by_minor(state, minor)
             gpu["segments"] = [
                 physics.Segment(s.start_epoch_seconds, end, s.utilization_pct, s.memory_bytes, s.pid)
-                if s.pid == pid and s.start_epoch_seconds == start and s.end_epoch_seconds > now else s
+                if s.pid == pid and s.start_epoch_seconds == start and s.end_epoch_seconds > now
+                else s
                 for s in gpu["segments"]
             ]
 
@@ -159,7 +170,15 @@ def truth(sim: SimNode, since: float | None, until: float | None, minor: int | N
         if folded is not None and start < folded:
             raise InputError(f"history before {folded:.0f} was folded away; ask for a later --since")
         values = physics.interval_truth(model, gpu["segments"], start, until, model.memory_total_bytes)
-        out.append({"minor": gpu["minor"], "index": state["gpus"].index(gpu), "uuid": gpu["uuid"],
-                    "since_epoch_seconds": start, "until_epoch_seconds": until,
-                    "energy_counter_joules": sim.energy_counter_joules(gpu, until), **values})
+        out.append(
+            {
+                "minor": gpu["minor"],
+                "index": state["gpus"].index(gpu),
+                "uuid": gpu["uuid"],
+                "since_epoch_seconds": start,
+                "until_epoch_seconds": until,
+                "energy_counter_joules": sim.energy_counter_joules(gpu, until),
+                **values,
+            }
+        )
     return {"node": sim.node, "model": model.key, "gpus": out}

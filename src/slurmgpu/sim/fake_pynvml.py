@@ -20,7 +20,7 @@ import string
 import sys
 import time
 from types import ModuleType, SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 from slurmgpu.sim import physics
 from slurmgpu.sim.state import SimNode
@@ -68,12 +68,18 @@ nvmlClocksThrottleReasonNone = nvmlClocksEventReasonNone
 
 DRIVER_VERSION = "550.90.07"
 _ERROR_TEXT = {
-    NVML_ERROR_UNINITIALIZED: "Uninitialized", NVML_ERROR_INVALID_ARGUMENT: "Invalid Argument",
-    NVML_ERROR_NOT_SUPPORTED: "Not Supported", NVML_ERROR_NO_PERMISSION: "Insufficient Permissions",
-    NVML_ERROR_ALREADY_INITIALIZED: "Already Initialized", NVML_ERROR_NOT_FOUND: "Not Found",
-    NVML_ERROR_INSUFFICIENT_SIZE: "Insufficient Size", NVML_ERROR_DRIVER_NOT_LOADED: "Driver Not Loaded",
-    NVML_ERROR_TIMEOUT: "Timeout", NVML_ERROR_LIBRARY_NOT_FOUND: "NVML Shared Library Not Found",
-    NVML_ERROR_FUNCTION_NOT_FOUND: "Function Not Found", NVML_ERROR_GPU_IS_LOST: "GPU is lost",
+    NVML_ERROR_UNINITIALIZED: "Uninitialized",
+    NVML_ERROR_INVALID_ARGUMENT: "Invalid Argument",
+    NVML_ERROR_NOT_SUPPORTED: "Not Supported",
+    NVML_ERROR_NO_PERMISSION: "Insufficient Permissions",
+    NVML_ERROR_ALREADY_INITIALIZED: "Already Initialized",
+    NVML_ERROR_NOT_FOUND: "Not Found",
+    NVML_ERROR_INSUFFICIENT_SIZE: "Insufficient Size",
+    NVML_ERROR_DRIVER_NOT_LOADED: "Driver Not Loaded",
+    NVML_ERROR_TIMEOUT: "Timeout",
+    NVML_ERROR_LIBRARY_NOT_FOUND: "NVML Shared Library Not Found",
+    NVML_ERROR_FUNCTION_NOT_FOUND: "Function Not Found",
+    NVML_ERROR_GPU_IS_LOST: "GPU is lost",
     NVML_ERROR_UNKNOWN: "Unknown Error",
 }
 
@@ -84,7 +90,7 @@ class NVMLError(Exception):
     _valClassMapping: dict[int, type[NVMLError]] = {}  # noqa: RUF012 - mirrors pynvml
     value: int
 
-    def __new__(cls, value: int) -> NVMLError:  # noqa: PYI034
+    def __new__(cls, value: int) -> NVMLError:
         if cls is NVMLError:
             cls = NVMLError._valClassMapping.get(value, cls)
         obj = Exception.__new__(cls)
@@ -120,7 +126,7 @@ _make_error_classes()
 _EXPORTED = [n for n in dir(sys.modules[__name__]) if n.startswith(("NVML_", "NVMLError", "nvmlClocks"))]
 
 
-def _raise(code: int) -> None:
+def _raise(code: int) -> NoReturn:
     raise NVMLError(code)
 
 
@@ -208,8 +214,15 @@ def make_module(sim: SimNode) -> ModuleType:
         gpu = dev.gpu(handle)[1]
         bus_id = gpu["pci_bus_id"]
         domain, bus, rest = bus_id.split(":")
-        return SimpleNamespace(busId=bus_id, busIdLegacy=bus_id[4:], domain=int(domain, 16), bus=int(bus, 16),
-                               device=int(rest.split(".")[0], 16), pciDeviceId=0x233010DE, pciSubSystemId=0x16C110DE)
+        return SimpleNamespace(
+            busId=bus_id,
+            busIdLegacy=bus_id[4:],
+            domain=int(domain, 16),
+            bus=int(bus, 16),
+            device=int(rest.split(".")[0], 16),
+            pciDeviceId=0x233010DE,
+            pciSubSystemId=0x16C110DE,
+        )
 
     def _now_load(handle: _Handle) -> tuple[dict[str, Any], dict[str, Any], float, float]:
         state, gpu = dev.gpu(handle)
@@ -223,16 +236,17 @@ def make_module(sim: SimNode) -> ModuleType:
         used = physics.memory_at(gpu["segments"], now, total - reserved)
         if version is None:
             return SimpleNamespace(total=total, free=total - used, used=used)
-        return SimpleNamespace(version=version, total=total, reserved=reserved, free=total - reserved - used,
-                               used=used)
+        return SimpleNamespace(
+            version=version, total=total, reserved=reserved, free=total - reserved - used, used=used
+        )
 
     def nvmlDeviceGetUtilizationRates(handle: _Handle) -> SimpleNamespace:
         _, _, _, util = _now_load(handle)
-        return SimpleNamespace(gpu=int(round(util)), memory=int(round(util * 0.6)))
+        return SimpleNamespace(gpu=round(util), memory=round(util * 0.6))
 
     def nvmlDeviceGetPowerUsage(handle: _Handle) -> int:
         state, _, _, util = _now_load(handle)
-        return int(round(sim.model(state).power_watts(util) * 1000))
+        return round(sim.model(state).power_watts(util) * 1000)
 
     def nvmlDeviceGetEnforcedPowerLimit(handle: _Handle) -> int:
         return int(sim.model(dev.gpu(handle)[0]).power_limit_watts * 1000)
@@ -250,7 +264,7 @@ def make_module(sim: SimNode) -> ModuleType:
             _raise(NVML_ERROR_INVALID_ARGUMENT)
         if gpu["faults"]["thermal"]:
             return 94
-        return int(round(sim.model(state).temperature_celsius(util)))
+        return round(sim.model(state).temperature_celsius(util))
 
     def nvmlDeviceGetClockInfo(handle: _Handle, clock_type: int) -> int:
         state, gpu, _, util = _now_load(handle)
@@ -273,7 +287,10 @@ def make_module(sim: SimNode) -> ModuleType:
 
     def nvmlDeviceGetTotalEccErrors(handle: _Handle, error_type: int, counter_type: int) -> int:
         faults = dev.gpu(handle)[1]["faults"]
-        kind = {NVML_MEMORY_ERROR_TYPE_CORRECTED: "corrected", NVML_MEMORY_ERROR_TYPE_UNCORRECTED: "uncorrected"}
+        kind = {
+            NVML_MEMORY_ERROR_TYPE_CORRECTED: "corrected",
+            NVML_MEMORY_ERROR_TYPE_UNCORRECTED: "uncorrected",
+        }
         counter = {NVML_VOLATILE_ECC: "volatile", NVML_AGGREGATE_ECC: "aggregate"}
         if error_type not in kind or counter_type not in counter:
             _raise(NVML_ERROR_INVALID_ARGUMENT)
@@ -283,8 +300,10 @@ def make_module(sim: SimNode) -> ModuleType:
         state, gpu = dev.gpu(handle)
         if not sim.model(state).page_retirement:
             _raise(NVML_ERROR_NOT_SUPPORTED)
-        key = {NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS: "retired_single_bit",
-               NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR: "retired_double_bit"}.get(source_filter)
+        key = {
+            NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS: "retired_single_bit",
+            NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR: "retired_double_bit",
+        }.get(source_filter)
         if key is None:
             _raise(NVML_ERROR_INVALID_ARGUMENT)
         return [0x1000 * (i + 1) for i in range(int(gpu["faults"][str(key)]))]  # page addresses
@@ -300,8 +319,12 @@ def make_module(sim: SimNode) -> ModuleType:
         if not sim.model(state).row_remapping:
             _raise(NVML_ERROR_NOT_SUPPORTED)
         f = gpu["faults"]
-        return (int(f["remap_correctable"]), int(f["remap_uncorrectable"]), int(f["remap_pending"]),
-                int(f["remap_failure"]))
+        return (
+            int(f["remap_correctable"]),
+            int(f["remap_uncorrectable"]),
+            int(f["remap_pending"]),
+            int(f["remap_failure"]),
+        )
 
     def _pcie(handle: _Handle, current: bool, width: bool) -> int:
         state, gpu = dev.gpu(handle)
@@ -336,7 +359,9 @@ def make_module(sim: SimNode) -> ModuleType:
         if not state["accounting_mode"]:
             _raise(NVML_ERROR_NOT_SUPPORTED)
         now = time.time()
-        return [s for s in gpu["segments"] if s.start_epoch_seconds <= now][-4000:]  # the driver's buffer size
+        return [s for s in gpu["segments"] if s.start_epoch_seconds <= now][
+            -4000:
+        ]  # the driver's buffer size
 
     def nvmlDeviceGetAccountingBufferSize(handle: _Handle) -> int:
         _accounting_segments(handle)
@@ -353,15 +378,27 @@ def make_module(sim: SimNode) -> ModuleType:
         running = s.end_epoch_seconds > time.time()
         util = physics.process_utilization_pct(s)
         return SimpleNamespace(
-            gpuUtilization=int(round(util)), memoryUtilization=int(round(util * 0.6)), maxMemoryUsage=s.memory_bytes,
-            time=0 if running else int(round((s.end_epoch_seconds - s.start_epoch_seconds) * 1000)),
-            startTime=int(s.start_epoch_seconds * 1e6), isRunning=1 if running else 0, reserved=[0] * 5,
+            gpuUtilization=round(util),
+            memoryUtilization=round(util * 0.6),
+            maxMemoryUsage=s.memory_bytes,
+            time=0 if running else round((s.end_epoch_seconds - s.start_epoch_seconds) * 1000),
+            startTime=int(s.start_epoch_seconds * 1e6),
+            isRunning=1 if running else 0,
+            reserved=[0] * 5,
         )
 
     def nvmlDeviceGetComputeRunningProcesses(handle: _Handle) -> list[SimpleNamespace]:
         _, gpu, now, _ = _now_load(handle)
-        return [SimpleNamespace(pid=s.pid, usedGpuMemory=s.memory_bytes, gpuInstanceId=0xFFFFFFFF,
-                                computeInstanceId=0xFFFFFFFF) for s in gpu["segments"] if s.active_at(now)]
+        return [
+            SimpleNamespace(
+                pid=s.pid,
+                usedGpuMemory=s.memory_bytes,
+                gpuInstanceId=0xFFFFFFFF,
+                computeInstanceId=0xFFFFFFFF,
+            )
+            for s in gpu["segments"]
+            if s.active_at(now)
+        ]
 
     for fn in list(locals().values()):
         if callable(fn) and getattr(fn, "__name__", "").startswith("nvml"):

@@ -31,18 +31,63 @@ class GpuModel:
 
     def temperature_celsius(self, utilization_pct: float) -> float:
         u = min(max(utilization_pct, 0.0), 100.0) / 100.0
-        return self.idle_temperature_celsius + (self.full_load_temperature_celsius - self.idle_temperature_celsius) * u
+        return (
+            self.idle_temperature_celsius
+            + (self.full_load_temperature_celsius - self.idle_temperature_celsius) * u
+        )
 
 
 MODELS: dict[str, GpuModel] = {
     m.key: m
     for m in (
-        GpuModel("H100-SXM5-80GB", "NVIDIA H100 80GB HBM3", 81559 * MIB, 700.0, 70.0, 660.0, 1980, 345,
-                 32.0, 72.0, 5, 16, page_retirement=False, row_remapping=True),
-        GpuModel("A100-SXM4-40GB", "NVIDIA A100-SXM4-40GB", 40960 * MIB, 400.0, 55.0, 380.0, 1410, 210,
-                 30.0, 68.0, 4, 16, page_retirement=False, row_remapping=True),
-        GpuModel("V100-SXM2-32GB", "Tesla V100-SXM2-32GB", 32768 * MIB, 300.0, 40.0, 285.0, 1530, 135,
-                 33.0, 70.0, 3, 16, page_retirement=True, row_remapping=False),
+        GpuModel(
+            "H100-SXM5-80GB",
+            "NVIDIA H100 80GB HBM3",
+            81559 * MIB,
+            700.0,
+            70.0,
+            660.0,
+            1980,
+            345,
+            32.0,
+            72.0,
+            5,
+            16,
+            page_retirement=False,
+            row_remapping=True,
+        ),
+        GpuModel(
+            "A100-SXM4-40GB",
+            "NVIDIA A100-SXM4-40GB",
+            40960 * MIB,
+            400.0,
+            55.0,
+            380.0,
+            1410,
+            210,
+            30.0,
+            68.0,
+            4,
+            16,
+            page_retirement=False,
+            row_remapping=True,
+        ),
+        GpuModel(
+            "V100-SXM2-32GB",
+            "Tesla V100-SXM2-32GB",
+            32768 * MIB,
+            300.0,
+            40.0,
+            285.0,
+            1530,
+            135,
+            33.0,
+            70.0,
+            3,
+            16,
+            page_retirement=True,
+            row_remapping=False,
+        ),
     )
 }
 
@@ -51,5 +96,5 @@ PCI_BUSES = ("18", "2a", "3a", "5d", "9a", "ab", "ba", "db")
 
 
 def pci_bus_id(slot: int) -> str:
-    bus = PCI_BUSES[slot] if slot < len(PCI_BUSES) else f"{0xe0 + slot - len(PCI_BUSES):02x}"
+    bus = PCI_BUSES[slot] if slot < len(PCI_BUSES) else f"{0xE0 + slot - len(PCI_BUSES):02x}"
     return f"00000000:{bus.upper()}:00.0"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from slurmgpu.sim.models import GpuModel
 
@@ -47,7 +48,7 @@ def _pieces(segments: Sequence[Segment], a: float, b: float) -> list[tuple[float
             cuts.add(s.end_epoch_seconds)
     points = sorted(cuts)
     pieces = []
-    for lo, hi in zip(points, points[1:], strict=False):
+    for lo, hi in pairwise(points):
         util = min(100.0, sum(s.utilization_pct for s in relevant if s.active_at(lo)))
         mem = sum(s.memory_bytes for s in relevant if s.active_at(lo))
         pieces.append((lo, hi, util, mem))
@@ -64,7 +65,9 @@ def utilization_seconds(segments: Sequence[Segment], a: float, b: float) -> floa
     return sum(util * (hi - lo) for lo, hi, util, _ in _pieces(segments, a, b))
 
 
-def interval_truth(model: GpuModel, segments: Sequence[Segment], a: float, b: float, total_bytes: int) -> dict[str, float]:
+def interval_truth(
+    model: GpuModel, segments: Sequence[Segment], a: float, b: float, total_bytes: int
+) -> dict[str, float]:
     pieces = _pieces(segments, a, b)
     duration = max(b - a, 0.0)
     util_s = sum(util * (hi - lo) for lo, hi, util, _ in pieces)

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from slurmgpu.config import SimulatorConfig
 from slurmgpu.errors import InputError
@@ -31,11 +31,22 @@ MAX_SEGMENTS_PER_GPU = 2000  # older segments are folded into the counter (truth
 NODE_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 HEALTHY_FAULTS: dict[str, Any] = {
-    "lost": False, "unresponsive": False, "thermal": False, "persistence_off": False, "pcie_degraded": False,
-    "ecc_volatile_corrected": 0, "ecc_volatile_uncorrected": 0,
-    "ecc_aggregate_corrected": 0, "ecc_aggregate_uncorrected": 0,
-    "retired_single_bit": 0, "retired_double_bit": 0, "retired_pending": False,
-    "remap_correctable": 0, "remap_uncorrectable": 0, "remap_pending": False, "remap_failure": False,
+    "lost": False,
+    "unresponsive": False,
+    "thermal": False,
+    "persistence_off": False,
+    "pcie_degraded": False,
+    "ecc_volatile_corrected": 0,
+    "ecc_volatile_uncorrected": 0,
+    "ecc_aggregate_corrected": 0,
+    "ecc_aggregate_uncorrected": 0,
+    "retired_single_bit": 0,
+    "retired_double_bit": 0,
+    "retired_pending": False,
+    "remap_correctable": 0,
+    "remap_uncorrectable": 0,
+    "remap_pending": False,
+    "remap_failure": False,
     "xids": [],
 }
 
@@ -111,7 +122,7 @@ class SimNode:
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(_encode(state), f, separators=(",", ":"))
-            os.chmod(tmp, 0o666)
+            os.chmod(tmp, 0o666)  # noqa: S103 - simulated device state, see module docstring
             os.replace(tmp, self.path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -130,31 +141,40 @@ class SimNode:
         for ordinal, minor in enumerate(minors):
             # A plausible counter value since driver load (about a day at idle power), different per GPU.
             base = model.idle_power_watts * 86400.0 * (1.0 + 0.01 * minor)
-            gpus.append({
-                "minor": minor,
-                "uuid": "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_DNS, f"slurmgpu-sim/{self.node}/{minor}")),
-                "pci_bus_id": pci_bus_id(ordinal),
-                "horizon_epoch_seconds": now,
-                "energy_at_horizon_joules": base,
-                "segments": [],
-                "faults": dict(HEALTHY_FAULTS, xids=[]),
-            })
-        return {"version": STATE_VERSION, "node": self.node, "model": key, "created_epoch_seconds": now,
-                "accounting_mode": self.config.accounting_mode, "gpus": gpus}
+            gpus.append(
+                {
+                    "minor": minor,
+                    "uuid": "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_DNS, f"slurmgpu-sim/{self.node}/{minor}")),
+                    "pci_bus_id": pci_bus_id(ordinal),
+                    "horizon_epoch_seconds": now,
+                    "energy_at_horizon_joules": base,
+                    "segments": [],
+                    "faults": dict(HEALTHY_FAULTS, xids=[]),
+                }
+            )
+        return {
+            "version": STATE_VERSION,
+            "node": self.node,
+            "model": key,
+            "created_epoch_seconds": now,
+            "accounting_mode": self.config.accounting_mode,
+            "gpus": gpus,
+        }
 
     # -- helpers used by the fake pynvml and the sim CLI -------------------------------------------------------
 
     def gpu_by_minor(self, state: dict[str, Any], minor: int) -> dict[str, Any]:
         for gpu in state["gpus"]:
             if gpu["minor"] == minor:
-                return gpu
+                return cast(dict[str, Any], gpu)
         minors = ", ".join(str(g["minor"]) for g in state["gpus"])
         raise InputError(f"node {self.node} has no GPU {minor} (GPUs: {minors})")
 
     def energy_counter_joules(self, gpu: dict[str, Any], t: float) -> float:
         model = self.model()
-        return gpu["energy_at_horizon_joules"] + physics.energy_joules(
-            model, gpu["segments"], gpu["horizon_epoch_seconds"], t)
+        return float(gpu["energy_at_horizon_joules"]) + physics.energy_joules(
+            model, gpu["segments"], gpu["horizon_epoch_seconds"], t
+        )
 
     def append_kmsg(self, line: str) -> None:
         """Write a kernel-log line the way the NVIDIA driver would (read by the XID source)."""
@@ -170,7 +190,7 @@ def _make_shared_dir(path: Path) -> None:
     if not path.is_dir():
         path.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(PermissionError):
-            os.chmod(path, 0o777)  # see the module docstring: a simulated device anyone may drive
+            os.chmod(path, 0o777)  # noqa: S103 - a simulated device anyone may drive (module docstring)
 
 
 def _fold_old_segments(state: dict[str, Any], model: GpuModel) -> None:
@@ -183,7 +203,9 @@ def _fold_old_segments(state: dict[str, Any], model: GpuModel) -> None:
         horizon = min(ends[len(segments) - MAX_SEGMENTS_PER_GPU // 2], now)
         if horizon <= gpu["horizon_epoch_seconds"]:
             continue
-        gpu["energy_at_horizon_joules"] += physics.energy_joules(model, segments, gpu["horizon_epoch_seconds"], horizon)
+        gpu["energy_at_horizon_joules"] += physics.energy_joules(
+            model, segments, gpu["horizon_epoch_seconds"], horizon
+        )
         gpu["horizon_epoch_seconds"] = horizon
         gpu["folded_before_epoch_seconds"] = horizon
         gpu["segments"] = [s for s in segments if s.end_epoch_seconds > horizon]
@@ -203,7 +225,9 @@ def _encode(state: dict[str, Any]) -> dict[str, Any]:
     out["gpus"] = []
     for gpu in state["gpus"]:
         g = dict(gpu)
-        g["segments"] = [[s.start_epoch_seconds, s.end_epoch_seconds, s.utilization_pct, s.memory_bytes, s.pid]
-                         for s in gpu["segments"]]
+        g["segments"] = [
+            [s.start_epoch_seconds, s.end_epoch_seconds, s.utilization_pct, s.memory_bytes, s.pid]
+            for s in gpu["segments"]
+        ]
         out["gpus"].append(g)
     return out

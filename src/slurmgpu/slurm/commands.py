@@ -15,10 +15,33 @@ from slurmgpu.errors import InputError, SlurmError
 
 # The parsable text format is stable across Slurm releases (the JSON layout is not). JobName is last because it is
 # the only field a user controls and it may contain the delimiter: everything after the 13th '|' is the name.
-SACCT_FIELDS = ("JobID", "JobIDRaw", "User", "Account", "Partition", "State", "Submit", "Start", "End",
-                "ElapsedRaw", "NodeList", "AllocTRES", "ExitCode", "JobName")
-FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
-                "BOOT_FAIL", "DEADLINE")
+SACCT_FIELDS = (
+    "JobID",
+    "JobIDRaw",
+    "User",
+    "Account",
+    "Partition",
+    "State",
+    "Submit",
+    "Start",
+    "End",
+    "ElapsedRaw",
+    "NodeList",
+    "AllocTRES",
+    "ExitCode",
+    "JobName",
+)
+FINAL_STATES = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+)
 
 
 @dataclass(frozen=True)
@@ -64,17 +87,30 @@ def parse_sacct(text: str) -> list[SacctJob]:
             continue
         parts = line.split("|", len(SACCT_FIELDS) - 1)
         if len(parts) != len(SACCT_FIELDS):
-            raise SlurmError(f"sacct printed a line with {len(parts)} fields, expected {len(SACCT_FIELDS)}: {line[:80]!r}")
+            raise SlurmError(
+                f"sacct printed a line with {len(parts)} fields, expected {len(SACCT_FIELDS)}: {line[:80]!r}"
+            )
         row = dict(zip(SACCT_FIELDS, parts, strict=True))
         if not row["JobIDRaw"].isdigit() or not row["ElapsedRaw"].isdigit():
             raise SlurmError(f"sacct printed an unexpected job line: {line[:80]!r}")
-        jobs.append(SacctJob(
-            job_id=row["JobID"], job_id_raw=int(row["JobIDRaw"]), user=row["User"], account=row["Account"],
-            partition=row["Partition"], state=row["State"], submit=_time_or_none(row["Submit"]),
-            start=_time_or_none(row["Start"]), end=_time_or_none(row["End"]),
-            elapsed_seconds=int(row["ElapsedRaw"]), node_list=row["NodeList"],
-            alloc_gpus=parse_alloc_gpus(row["AllocTRES"]), exit_code=row["ExitCode"], name=row["JobName"],
-        ))
+        jobs.append(
+            SacctJob(
+                job_id=row["JobID"],
+                job_id_raw=int(row["JobIDRaw"]),
+                user=row["User"],
+                account=row["Account"],
+                partition=row["Partition"],
+                state=row["State"],
+                submit=_time_or_none(row["Submit"]),
+                start=_time_or_none(row["Start"]),
+                end=_time_or_none(row["End"]),
+                elapsed_seconds=int(row["ElapsedRaw"]),
+                node_list=row["NodeList"],
+                alloc_gpus=parse_alloc_gpus(row["AllocTRES"]),
+                exit_code=row["ExitCode"],
+                name=row["JobName"],
+            )
+        )
     return jobs
 
 
@@ -82,7 +118,9 @@ _REASON_FORBIDDEN = set("\n\r\0")
 
 
 class Slurm:
-    def __init__(self, bin_dir: Path = Path("/usr/bin"), slurm_conf: str = "", timeout_seconds: float = 10.0) -> None:
+    def __init__(
+        self, bin_dir: Path = Path("/usr/bin"), slurm_conf: str = "", timeout_seconds: float = 10.0
+    ) -> None:
         self.bin_dir = bin_dir
         self.slurm_conf = slurm_conf or os.environ.get("SLURM_CONF", "")
         self.timeout = timeout_seconds
@@ -93,8 +131,9 @@ class Slurm:
         if self.slurm_conf:
             env["SLURM_CONF"] = self.slurm_conf
         try:
-            proc = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=self.timeout,
-                                  env=env, check=False)
+            proc = subprocess.run(
+                [str(exe), *args], capture_output=True, text=True, timeout=self.timeout, env=env, check=False
+            )
         except FileNotFoundError:
             raise SlurmError(f"{exe} not found (set paths.slurm_bin_dir)") from None
         except subprocess.TimeoutExpired:

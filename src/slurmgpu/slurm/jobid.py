@@ -31,7 +31,9 @@ class JobId:
 def parse_job_id(text: str) -> JobId:
     m = _JOB_ID.match(text.strip())
     if not m:
-        raise InputError(f"bad job id {text!r}: expected a number, an array task (123_4) or a het component (123+1)")
+        raise InputError(
+            f"bad job id {text!r}: expected a number, an array task (123_4) or a het component (123+1)"
+        )
     base = int(m["base"])
     if base == 0:
         raise InputError(f"bad job id {text!r}: job ids start at 1")

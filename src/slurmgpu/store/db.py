@@ -37,8 +37,9 @@ class Store:
             if readonly:
                 if not path.exists():
                     raise StoreError(f"no job store at {path} (no job has finished on this node yet?)")
-                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS,
-                                       isolation_level=None)
+                conn = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None
+                )
             else:
                 _ensure_dir(path.parent)
                 fresh = not path.exists()
@@ -53,8 +54,10 @@ class Store:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if version != SCHEMA_VERSION:
                 if readonly:
-                    raise StoreError(f"job store {path} has schema {version}, expected {SCHEMA_VERSION}: "
-                                     "run any hook or `slurmgpu` as root once to migrate it")
+                    raise StoreError(
+                        f"job store {path} has schema {version}, expected {SCHEMA_VERSION}: "
+                        "run any hook or `slurmgpu` as root once to migrate it"
+                    )
                 migrate(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"job store {path}: {exc}") from None
@@ -92,8 +95,20 @@ class Store:
                        het_job_offset=excluded.het_job_offset,
                        first_seen_epoch=min(jobs.first_seen_epoch, excluded.first_seen_epoch),
                        last_update_epoch=max(jobs.last_update_epoch, excluded.last_update_epoch)""",
-                (ctx.cluster, ctx.job_id, ctx.user, ctx.uid, ctx.account, ctx.partition, ctx.array_job_id,
-                 ctx.array_task_id, ctx.het_job_id, ctx.het_job_offset, now, now),
+                (
+                    ctx.cluster,
+                    ctx.job_id,
+                    ctx.user,
+                    ctx.uid,
+                    ctx.account,
+                    ctx.partition,
+                    ctx.array_job_id,
+                    ctx.array_task_id,
+                    ctx.het_job_id,
+                    ctx.het_job_offset,
+                    now,
+                    now,
+                ),
             )
 
     def save_baselines(self, ctx: JobContext, baselines: list[Baseline], now: float) -> None:
@@ -104,9 +119,24 @@ class Store:
                        ecc_volatile_uncorrected, ecc_aggregate_uncorrected, ecc_aggregate_corrected, retired_pages,
                        remapped_rows_uncorrectable, xid_count)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                [(ctx.cluster, ctx.job_id, ctx.node, b.minor, b.uuid, b.taken_epoch_seconds, b.energy_joules,
-                  b.ecc_volatile_uncorrected, b.ecc_aggregate_uncorrected, b.ecc_aggregate_corrected,
-                  b.retired_pages, b.remapped_rows_uncorrectable, b.xid_count) for b in baselines],
+                [
+                    (
+                        ctx.cluster,
+                        ctx.job_id,
+                        ctx.node,
+                        b.minor,
+                        b.uuid,
+                        b.taken_epoch_seconds,
+                        b.energy_joules,
+                        b.ecc_volatile_uncorrected,
+                        b.ecc_aggregate_uncorrected,
+                        b.ecc_aggregate_corrected,
+                        b.retired_pages,
+                        b.remapped_rows_uncorrectable,
+                        b.xid_count,
+                    )
+                    for b in baselines
+                ],
             )
 
     def save_usage(self, ctx: JobContext, usage: list[JobGpuUsage], now: float) -> None:
@@ -117,14 +147,41 @@ class Store:
                        start_epoch, end_epoch, energy_joules, utilization_mean_pct, utilization_max_pct,
                        memory_peak_bytes, memory_utilization_mean_pct, source)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                [(ctx.cluster, ctx.job_id, u.node, u.minor, u.uuid, u.model, u.memory_total_bytes,
-                  u.start_epoch_seconds, u.end_epoch_seconds, u.energy_joules, u.utilization_mean_pct,
-                  u.utilization_max_pct, u.memory_peak_bytes, u.memory_utilization_mean_pct, u.source)
-                 for u in usage],
+                [
+                    (
+                        ctx.cluster,
+                        ctx.job_id,
+                        u.node,
+                        u.minor,
+                        u.uuid,
+                        u.model,
+                        u.memory_total_bytes,
+                        u.start_epoch_seconds,
+                        u.end_epoch_seconds,
+                        u.energy_joules,
+                        u.utilization_mean_pct,
+                        u.utilization_max_pct,
+                        u.memory_peak_bytes,
+                        u.memory_utilization_mean_pct,
+                        u.source,
+                    )
+                    for u in usage
+                ],
             )
 
-    def record_health_event(self, *, cluster: str, node: str, minor: int | None, job_id: int | None, hook: str,
-                            check_name: str, severity: str, detail: str, now: float | None = None) -> None:
+    def record_health_event(
+        self,
+        *,
+        cluster: str,
+        node: str,
+        minor: int | None,
+        job_id: int | None,
+        hook: str,
+        check_name: str,
+        severity: str,
+        detail: str,
+        now: float | None = None,
+    ) -> None:
         with self.transaction() as c:
             c.execute(
                 """INSERT INTO health_events (epoch, cluster, node, minor, job_id, hook, check_name, severity, detail)
@@ -132,14 +189,34 @@ class Store:
                 (now or time.time(), cluster, node, minor, job_id, hook, check_name, severity, detail),
             )
 
-    def record_drain(self, *, cluster: str, node: str, action: str, reason: str, actor: str, source: str,
-                     job_id: int | None, readings: Any, now: float | None = None) -> None:
+    def record_drain(
+        self,
+        *,
+        cluster: str,
+        node: str,
+        action: str,
+        reason: str,
+        actor: str,
+        source: str,
+        job_id: int | None,
+        readings: Any,
+        now: float | None = None,
+    ) -> None:
         with self.transaction() as c:
             c.execute(
                 """INSERT INTO drains (epoch, cluster, node, action, reason, actor, source, job_id, readings_json)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (now or time.time(), cluster, node, action, reason, actor, source, job_id,
-                 json.dumps(readings, sort_keys=True, default=str)),
+                (
+                    now or time.time(),
+                    cluster,
+                    node,
+                    action,
+                    reason,
+                    actor,
+                    source,
+                    job_id,
+                    json.dumps(readings, sort_keys=True, default=str),
+                ),
             )
 
     # -- reads -------------------------------------------------------------------------------------------------
@@ -171,14 +248,18 @@ class Store:
         meta = self.conn.execute(
             """SELECT cluster, job_id, user, uid, account, partition, array_job_id, array_task_id, het_job_id,
                       het_job_offset, first_seen_epoch, last_update_epoch
-               FROM jobs WHERE cluster = ? AND job_id = ?""", (cluster, job_id)).fetchone()
+               FROM jobs WHERE cluster = ? AND job_id = ?""",
+            (cluster, job_id),
+        ).fetchone()
         if meta is None:
             return None
         rows = self.conn.execute(
             """SELECT node, minor, uuid, model, memory_total_bytes, start_epoch, end_epoch, energy_joules,
                       utilization_mean_pct, utilization_max_pct, memory_peak_bytes, memory_utilization_mean_pct,
                       source
-               FROM job_gpus WHERE cluster = ? AND job_id = ? ORDER BY node, minor""", (cluster, job_id)).fetchall()
+               FROM job_gpus WHERE cluster = ? AND job_id = ? ORDER BY node, minor""",
+            (cluster, job_id),
+        ).fetchall()
         return JobRecord(meta=JobMeta(*meta), gpus=tuple(JobGpuUsage(*r) for r in rows))
 
     def health_events(self, cluster: str, node: str | None = None) -> list[dict[str, Any]]:
@@ -209,4 +290,4 @@ def _ensure_dir(path: Path) -> None:
     if not path.is_dir():
         path.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):
-            os.chmod(path, 0o755)
+            os.chmod(path, 0o755)  # noqa: S103 - users read their jobs; nothing secret is written here

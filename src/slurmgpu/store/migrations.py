@@ -15,39 +15,99 @@ KEY = ("cluster", "job_id", "node", "minor")
 
 def _m1_initial(db: Any) -> None:
     db["jobs"].create(
-        {"cluster": str, "job_id": int, "user": str, "uid": int, "account": str, "partition": str,
-         "array_job_id": int, "array_task_id": int, "het_job_id": int, "het_job_offset": int,
-         "first_seen_epoch": float, "last_update_epoch": float},
-        pk=("cluster", "job_id"), not_null={"cluster", "job_id", "user", "first_seen_epoch", "last_update_epoch"},
+        {
+            "cluster": str,
+            "job_id": int,
+            "user": str,
+            "uid": int,
+            "account": str,
+            "partition": str,
+            "array_job_id": int,
+            "array_task_id": int,
+            "het_job_id": int,
+            "het_job_offset": int,
+            "first_seen_epoch": float,
+            "last_update_epoch": float,
+        },
+        pk=("cluster", "job_id"),
+        not_null={"cluster", "job_id", "user", "first_seen_epoch", "last_update_epoch"},
     )
     db["jobs"].create_index(["array_job_id", "array_task_id"])
     db["jobs"].create_index(["het_job_id", "het_job_offset"])
     db["jobs"].create_index(["account", "first_seen_epoch"])
     db["jobs"].create_index(["user", "first_seen_epoch"])
     db["job_gpus"].create(
-        {"cluster": str, "job_id": int, "node": str, "minor": int, "uuid": str, "model": str,
-         "memory_total_bytes": int, "start_epoch": float, "end_epoch": float, "energy_joules": float,
-         "utilization_mean_pct": float, "utilization_max_pct": float, "memory_peak_bytes": int,
-         "memory_utilization_mean_pct": float, "source": str},
-        pk=KEY, not_null={"cluster", "job_id", "node", "minor", "start_epoch", "end_epoch", "source"},
+        {
+            "cluster": str,
+            "job_id": int,
+            "node": str,
+            "minor": int,
+            "uuid": str,
+            "model": str,
+            "memory_total_bytes": int,
+            "start_epoch": float,
+            "end_epoch": float,
+            "energy_joules": float,
+            "utilization_mean_pct": float,
+            "utilization_max_pct": float,
+            "memory_peak_bytes": int,
+            "memory_utilization_mean_pct": float,
+            "source": str,
+        },
+        pk=KEY,
+        not_null={"cluster", "job_id", "node", "minor", "start_epoch", "end_epoch", "source"},
     )
     db["baselines"].create(
-        {"cluster": str, "job_id": int, "node": str, "minor": int, "uuid": str, "taken_epoch": float,
-         "energy_joules": float, "ecc_volatile_uncorrected": int, "ecc_aggregate_uncorrected": int,
-         "ecc_aggregate_corrected": int, "retired_pages": int, "remapped_rows_uncorrectable": int,
-         "xid_count": int},
-        pk=KEY, not_null={"cluster", "job_id", "node", "minor", "taken_epoch"},
+        {
+            "cluster": str,
+            "job_id": int,
+            "node": str,
+            "minor": int,
+            "uuid": str,
+            "taken_epoch": float,
+            "energy_joules": float,
+            "ecc_volatile_uncorrected": int,
+            "ecc_aggregate_uncorrected": int,
+            "ecc_aggregate_corrected": int,
+            "retired_pages": int,
+            "remapped_rows_uncorrectable": int,
+            "xid_count": int,
+        },
+        pk=KEY,
+        not_null={"cluster", "job_id", "node", "minor", "taken_epoch"},
     )
     db["health_events"].create(
-        {"id": int, "epoch": float, "cluster": str, "node": str, "minor": int, "job_id": int, "hook": str,
-         "check_name": str, "severity": str, "detail": str},
-        pk="id", not_null={"epoch", "cluster", "node", "check_name", "severity", "detail"},
+        {
+            "id": int,
+            "epoch": float,
+            "cluster": str,
+            "node": str,
+            "minor": int,
+            "job_id": int,
+            "hook": str,
+            "check_name": str,
+            "severity": str,
+            "detail": str,
+        },
+        pk="id",
+        not_null={"epoch", "cluster", "node", "check_name", "severity", "detail"},
     )
     db["health_events"].create_index(["cluster", "node", "epoch"])
     db["drains"].create(
-        {"id": int, "epoch": float, "cluster": str, "node": str, "action": str, "reason": str, "actor": str,
-         "source": str, "job_id": int, "readings_json": str},
-        pk="id", not_null={"epoch", "cluster", "node", "action", "reason", "actor", "source"},
+        {
+            "id": int,
+            "epoch": float,
+            "cluster": str,
+            "node": str,
+            "action": str,
+            "reason": str,
+            "actor": str,
+            "source": str,
+            "job_id": int,
+            "readings_json": str,
+        },
+        pk="id",
+        not_null={"epoch", "cluster", "node", "action", "reason", "actor", "source"},
     )
     db["drains"].create_index(["cluster", "node", "epoch"])
 

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian 12 machine, as root: installs what it needs, then lint, types and tests
+# (unit tests, and tests/cluster, which start a real Slurm with simulated GPUs).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+prefix=${SLURMGPU_PREFIX:-/opt/slurmgpu}
+bash "$here/scripts/install.sh"
+cd "$here"
+"$prefix/bin/ruff" check src tests bench
+"$prefix/bin/ruff" format --check src tests bench
+"$prefix/bin/mypy"
+shellcheck prolog/slurmgpu-prolog epilog/slurmgpu-epilog scripts/*.sh
+exec "$prefix/bin/python" -m pytest -q "$@"
