@@ -1,166 +1,24 @@
-"""A real local Slurm (MariaDB, munge, slurmdbd, slurmctld, slurmd gn1..gn3 with 4 simulated GPUs each) running
-our shipped prolog/epilog shims, shared by the whole test session."""
+"""The session's real Slurm cluster (see slurmgpu_cluster.py), started once and stopped by PID at the end."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from .harness import Cluster
-
-REPO = Path(__file__).resolve().parents[2]
-SHIPPED_BIN = "/opt/slurmgpu/bin/slurmgpu"
-SHIPPED_CONFIG = "/etc/slurmgpu/slurmgpu.toml"
-MINOR_ORDER = [
-    1,
-    0,
-    3,
-    2,
-]  # NVML ordinal i is /dev/nvidia<MINOR_ORDER[i]>: mapping by position would be wrong
-
-
-def slurmgpu_bin() -> Path:
-    """The slurmgpu of the interpreter running the tests; job users must be able to run it."""
-    exe = Path(sys.executable).parent / "slurmgpu"
-    if not exe.exists():
-        raise RuntimeError(f"{exe} is missing: install slurmgpu into the interpreter that runs pytest")
-    probe = subprocess.run(
-        ["/usr/sbin/runuser", "-u", "nobody", "--", str(exe), "--version"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0:
-        raise RuntimeError(
-            f"job users cannot run {exe} ({probe.stderr.strip()[:200]}): install slurmgpu where "
-            "every user can read it (scripts/test.sh uses /opt/slurmgpu)"
-        )
-    return exe
-
-
-def install_shim(shipped: Path, dest: Path, exe: Path, config: Path) -> Path:
-    """The shipped shim with its two documented paths pointed at this test cluster (as an admin would edit it)."""
-    text = shipped.read_text()
-    assert SHIPPED_BIN in text and SHIPPED_CONFIG in text, f"{shipped} no longer holds the documented paths"
-    dest.write_text(text.replace(SHIPPED_BIN, str(exe)).replace(SHIPPED_CONFIG, str(config)))
-    dest.chmod(0o755)
-    return dest
-
-
-class SlurmGpuCluster:
-    """The running cluster plus what our tests need: the slurmgpu CLI with the cluster's config."""
-
-    def __init__(self, cluster: Cluster, root: Path, exe: Path, config: Path) -> None:
-        self.cluster = cluster
-        self.root = root
-        self.exe = exe
-        self.config = config
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**self.cluster.env, "SLURMGPU_CONFIG": str(self.config)}
-
-    def slurmgpu(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [str(self.exe), *args], env=self.env, capture_output=True, text=True, timeout=120, check=False
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"slurmgpu {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}"
-            )
-        return proc
-
-    def job_json(self, job_id: int) -> dict[str, Any]:
-        return json.loads(self.slurmgpu("job", str(job_id), "--json").stdout)  # type: ignore[no-any-return]
-
-    def truth(self, node: str, minor: int, since: float, until: float) -> dict[str, Any]:
-        out = self.slurmgpu(
-            "sim",
-            "truth",
-            "--node",
-            node,
-            "--gpu",
-            str(minor),
-            "--since",
-            repr(since),
-            "--until",
-            repr(until),
-            "--json",
-        ).stdout
-        return json.loads(out)["gpus"][0]  # type: ignore[no-any-return]
-
-    def submit(self, script: str, **kw: Any) -> int:
-        body = "#!/bin/bash\nset -euo pipefail\n" + script.replace("slurmgpu ", f"{self.exe} ")
-        return self.cluster.sbatch(body, env={"SLURMGPU_CONFIG": str(self.config)}, **kw)
-
-    def run_job(self, script: str, timeout: float = 90, **kw: Any) -> int:
-        job_id = self.submit(script, **kw)
-        state = self.cluster.wait_job(job_id, timeout=timeout)
-        assert state == "COMPLETED", (
-            f"job {job_id} ended {state}\nstdout: {self.cluster.job_output(job_id)}\n"
-            f"stderr: {self.cluster.job_stderr(job_id)}\nhook log: {self.hook_log()[-2000:]}"
-        )
-        return job_id
-
-    def hook_log(self) -> str:
-        path = self.root / "slurmgpu" / "state" / "slurmgpu.log"
-        return path.read_text() if path.exists() else ""
-
-
-def write_cluster_config(root: Path, slurm_conf: Path) -> Path:
-    base = root / "slurmgpu"
-    path = root / "slurmgpu.toml"
-    path.write_text(f"""backend = "simulated"
-cluster = "testgpu"
-
-[paths]
-state_dir = "{base}/state"
-run_dir = "{base}/run/{{node}}"
-database = "{base}/state/slurmgpu.db"
-log_file = "{base}/state/slurmgpu.log"
-slurm_bin_dir = "/usr/bin"
-slurm_conf = "{slurm_conf}"
-
-[thresholds]
-gpu_call_timeout_seconds = 3.0
-
-[simulator]
-state_dir = "{base}/sim"
-gpus_per_node = 4
-model = "H100-SXM5-80GB"
-minor_order = {json.dumps(MINOR_ORDER)}
-""")
-    path.chmod(0o644)
-    return path
+from .slurmgpu_cluster import SlurmGpuCluster, start_cluster
 
 
 @pytest.fixture(scope="session")
 def slurm() -> Iterator[SlurmGpuCluster]:
     if os.geteuid() != 0:
         pytest.fail("the cluster tests start a real Slurm and need root (run scripts/test.sh as root)")
-    exe = slurmgpu_bin()
-    root = Path(tempfile.mkdtemp(prefix="slurmgpu-e2e-", dir="/tmp"))
-    root.chmod(0o755)
-    slurm_conf = root / "cluster" / "etc" / "slurm.conf"
-    config = write_cluster_config(root, slurm_conf)
-    prolog = install_shim(REPO / "prolog" / "slurmgpu-prolog", root / "prolog", exe, config)
-    epilog = install_shim(REPO / "epilog" / "slurmgpu-epilog", root / "epilog", exe, config)
-    cluster = Cluster(root / "cluster", prolog, epilog)
-    cluster.start()
-    assert cluster.slurm_conf == slurm_conf, "the harness moved slurm.conf; update write_cluster_config"
-    cluster.wait_scheduler_ready()
+    running = start_cluster()
     try:
-        yield SlurmGpuCluster(cluster, root, exe, config)
+        yield running
     finally:
-        cluster.stop()
+        running.cluster.stop()
         if os.environ.get("SLURMGPU_KEEP_CLUSTER_DIR") != "1":
-            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(running.root, ignore_errors=True)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .conftest import SlurmGpuCluster
+from .slurmgpu_cluster import SlurmGpuCluster
 
 pytestmark = pytest.mark.cluster
 GIB = 1 << 30

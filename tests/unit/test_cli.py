@@ -73,8 +73,9 @@ def test_job_from_the_store_without_slurm(cfg: Path) -> None:
         "SLURM_JOB_ACCOUNT": "vision",
     }
     now = time.time()
-    store.save_usage(
+    store.save_job(
         job_context(env, default_cluster="unit"),
+        [],
         [
             JobGpuUsage(
                 "gn1",

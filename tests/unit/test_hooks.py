@@ -75,11 +75,14 @@ def test_healthy_job_round_trip(cfg: Path) -> None:
     owner = cfg.parent / "run" / "gn1" / "gpu"
     assert (owner / "0").read_text() == "501\n" and (owner / "1").read_text() == "501\n"
     assert oct((owner / "0").stat().st_mode & 0o777) == "0o644"
+    spool = cfg.parent / "state" / "spool" / "unit.gn1.501.json"
+    assert oct(spool.stat().st_mode & 0o777) == "0o600"  # baselines: root-only
     now = time.time()
     control.add_load(sim(cfg), (0,), 80, 4 << 30, 999, now, now + 0.5)
     time.sleep(0.7)
     assert hook("epilog", cfg).returncode == 0
     assert not (owner / "0").exists() and not (owner / "1").exists()
+    assert not spool.exists()  # moved into the store
     rows = (
         db(cfg)
         .execute(

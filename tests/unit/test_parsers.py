@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from slurmgpu.errors import InputError, SlurmError
 from slurmgpu.gpu.ids import parse_gpu_list
 from slurmgpu.gpu.xid import parse_xids, short_bus_id
-from slurmgpu.slurm.commands import SACCT_FIELDS, parse_alloc_gpus, parse_sacct
+from slurmgpu.slurm.commands import ACCOUNTING_FIELDS, JOB_FIELDS, parse_alloc_gpus, parse_sacct
 from slurmgpu.slurm.env import job_context
 from slurmgpu.slurm.jobid import JobId, parse_job_id
 
@@ -66,24 +66,46 @@ def _line(**over: str) -> str:
         "JobName": "train",
     }
     row.update(over)
-    return "|".join(row[f] for f in SACCT_FIELDS)
+    return "|".join(row[f] for f in ACCOUNTING_FIELDS)
 
 
 def test_sacct_job_name_may_hold_the_delimiter() -> None:
-    (job,) = parse_sacct(_line(JobName="a|b|c") + "\n")
+    (job,) = parse_sacct(_line(JobName="a|b|c") + "\n", ACCOUNTING_FIELDS)
     assert job.name == "a|b|c" and job.alloc_gpus == 2 and job.elapsed_seconds == 8
     assert job.node_list == "gn[1-2]"
 
 
 def test_sacct_unknown_times_are_none() -> None:
-    (job,) = parse_sacct(_line(Start="Unknown", End="Unknown"))
+    (job,) = parse_sacct(_line(Start="Unknown", End="Unknown"), ACCOUNTING_FIELDS)
     assert job.start is None and job.end is None
 
 
 @pytest.mark.parametrize("line", ["garbage", "1|2|3", _line(JobIDRaw="x"), _line(ElapsedRaw="-1")])
 def test_bad_sacct_lines_are_slurm_errors(line: str) -> None:
     with pytest.raises(SlurmError):
-        parse_sacct(line)
+        parse_sacct(line, ACCOUNTING_FIELDS)
+
+
+def test_job_fields_leave_alloc_tres_out() -> None:
+    line = "|".join(
+        [
+            "1001",
+            "1001",
+            "bob",
+            "vision",
+            "gpu",
+            "RUNNING",
+            "2026-11-25T10:00:00",
+            "Unknown",
+            "Unknown",
+            "3",
+            "gn1",
+            "0:0",
+            "x|y",
+        ]
+    )
+    (job,) = parse_sacct(line, JOB_FIELDS)
+    assert job.alloc_gpus is None and job.name == "x|y" and job.state == "RUNNING"
 
 
 def test_alloc_tres_variants() -> None:

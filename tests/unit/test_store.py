@@ -68,8 +68,8 @@ def test_schema_after_all_migrations(tmp_path: Path) -> None:
 def test_rewriting_an_epilog_never_double_counts(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s.db")
     for _ in range(3):
-        store.save_usage(ctx(), [usage("gn1", 0), usage("gn1", 1)], time.time())
-    store.save_usage(ctx(node="gn2"), [usage("gn2", 0)], time.time())
+        store.save_job(ctx(), [], [usage("gn1", 0), usage("gn1", 1)], time.time())
+    store.save_job(ctx(node="gn2"), [], [usage("gn2", 0)], time.time())
     record = store.job("c", 10)
     assert record is not None
     assert [(g.node, g.minor) for g in record.gpus] == [("gn1", 0), ("gn1", 1), ("gn2", 0)]
@@ -79,15 +79,15 @@ def test_rewriting_an_epilog_never_double_counts(tmp_path: Path) -> None:
 def test_baselines_round_trip(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s.db")
     b = Baseline(0, "GPU-0", 1000.5, 123.25, 0, 1, 2, None, 0, 3)
-    store.save_baselines(ctx(), [b], time.time())
+    store.save_job(ctx(), [b], [], time.time())
     assert store.load_baselines("c", 10, "gn1") == {0: b}
     assert store.load_baselines("c", 10, "gn2") == {}
 
 
 def test_array_and_het_ids_resolve(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s.db")
-    store.save_usage(ctx(20, array_job_id=15, array_task_id=4), [usage("gn1", 0)], time.time())
-    store.save_usage(ctx(31, het_job_id=30, het_job_offset=1), [usage("gn1", 1)], time.time())
+    store.save_job(ctx(20, array_job_id=15, array_task_id=4), [], [usage("gn1", 0)], time.time())
+    store.save_job(ctx(31, het_job_id=30, het_job_offset=1), [], [usage("gn1", 1)], time.time())
     assert store.resolve_job(parse_job_id("15_4")) == ("c", 20)
     assert store.resolve_job(parse_job_id("30+1")) == ("c", 31)
     assert store.resolve_job(parse_job_id("20")) == ("c", 20)
@@ -97,7 +97,7 @@ def test_array_and_het_ids_resolve(tmp_path: Path) -> None:
 
 def _writer(path: str, job_id: int, node: str) -> None:
     store = Store.open(Path(path))
-    store.save_usage(ctx(job_id, node=node), [usage(node, m) for m in range(4)], time.time())
+    store.save_job(ctx(job_id, node=node), [], [usage(node, m) for m in range(4)], time.time())
     store.close()
 
 

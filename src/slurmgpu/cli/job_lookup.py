@@ -18,11 +18,16 @@ def job_summary(config: Config, text: str, cluster: str = "") -> JobSummary:
     sacct: SacctJob | None = None
     slurm_error: str | None = None
     try:
-        rows = slurm.sacct_jobs(str(job))
-        sacct = rows[0] if rows else None
+        pending = slurm.sacct_jobs(str(job))  # sacct runs while the store is read
     except SlurmError as exc:
-        slurm_error = str(exc)  # the store alone still answers; say what is missing
+        pending, slurm_error = None, str(exc)
     store = Store.open(config.path("database"), readonly=True)
+    if pending is not None:
+        try:
+            rows = pending()
+            sacct = rows[0] if rows else None
+        except SlurmError as exc:
+            slurm_error = str(exc)  # the store alone still answers; say what is missing
     try:
         cluster = cluster or config.cluster
         try:

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import replace
 from types import ModuleType
-from typing import Any, cast
+from typing import Any
 
 from slurmgpu.gpu.types import AccountingStat, GpuProcess, GpuReading, NodeReading
 
@@ -28,7 +28,8 @@ class _GpuLost(Exception):
 def load_pynvml() -> ModuleType:
     import pynvml
 
-    return cast(ModuleType, pynvml)
+    module: ModuleType = pynvml
+    return module
 
 
 class NvmlBackend:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 Status = Literal["ok", "warn", "fail"]
+
+
 MAX_REASON_CHARS = 200  # slurmctld keeps the whole reason, but sinfo columns and humans do not
 
 

@@ -10,6 +10,8 @@ from slurmgpu.config import Config
 from slurmgpu.gpu.backend import open_backend
 from slurmgpu.hooks import owners
 from slurmgpu.hooks.runner import EXIT_OK
+from slurmgpu.hooks.spool import read_baselines, spool_path
+from slurmgpu.hooks.spool import remove as spool_remove
 from slurmgpu.log import HookLog
 from slurmgpu.slurm.env import job_context
 from slurmgpu.store.db import Store
@@ -20,10 +22,12 @@ def epilog(config: Config, env: Mapping[str, str], log: HookLog) -> int:
     if not ctx.gpus:
         return EXIT_OK
     run_dir = config.path("run_dir", ctx.node)
+    spool = spool_path(config.path("state_dir", ctx.node), ctx.cluster, ctx.node, ctx.job_id)
     try:
         store = Store.open(config.path("database", ctx.node))
         try:
-            baselines = store.load_baselines(ctx.cluster, ctx.job_id, ctx.node)
+            # The prolog's spool file; after a first epilog moved it into the store, the store (a re-run epilog).
+            baselines = read_baselines(spool) or store.load_baselines(ctx.cluster, ctx.job_id, ctx.node)
             if not baselines:
                 # Our prolog did not complete for this job here: Slurm also runs the epilog after a prolog that
                 # failed and drained the node. The job never used these GPUs, so there is nothing to record.
@@ -36,9 +40,10 @@ def epilog(config: Config, env: Mapping[str, str], log: HookLog) -> int:
             for minor in missing:
                 log("warning", f"job {ctx.job_id}: gpu{minor} not readable at job end")
             usage = [gpu_usage(ctx.node, m, gpu, baselines[m]) for m, gpu in sorted(found.items()) if gpu.ok]
-            store.save_usage(ctx, usage, time.time())
+            store.save_job(ctx, list(baselines.values()), usage, time.time())
         finally:
             store.close()
+        spool_remove(spool)
         log("info", f"job {ctx.job_id}: recorded {len(usage)} GPU(s) on {ctx.node}")
     finally:
         owners.release(run_dir, ctx.gpus, ctx.job_id)  # whatever else failed, the GPUs are free again

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,7 +39,7 @@ def prolog(config: Config, env: Mapping[str, str], log: HookLog) -> int:
 def _save_baselines(config: Config, ctx: JobContext, reading: NodeReading, log: HookLog) -> None:
     from slurmgpu.collection.usage import baseline_from
     from slurmgpu.gpu.xid import count_by_bus, read_kernel_log, short_bus_id
-    from slurmgpu.store.db import Store
+    from slurmgpu.hooks.spool import spool_path, write_baselines
 
     found, missing = reading.select(ctx.gpus)
     if missing:
@@ -50,11 +49,9 @@ def _save_baselines(config: Config, ctx: JobContext, reading: NodeReading, log: 
         baseline_from(g, xids.get(short_bus_id(g.pci_bus_id), 0) if g.pci_bus_id else None)
         for g in found.values()
     ]
-    store = Store.open(config.path("database", ctx.node))
-    try:
-        store.save_baselines(ctx, baselines, time.time())
-    finally:
-        store.close()
+    write_baselines(
+        spool_path(config.path("state_dir", ctx.node), ctx.cluster, ctx.node, ctx.job_id), baselines
+    )
 
 
 def kernel_log_path(config: Config, node: str) -> Path:

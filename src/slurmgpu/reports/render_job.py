@@ -73,7 +73,11 @@ def render_table(s: JobSummary) -> str:
     lines.append(
         f"GPU-hours allocated {s.gpu_hours_allocated:.4f}, used {_num(s.gpu_hours_used, '.4f')}; "
         f"GPU efficiency {_pct(s.gpu_efficiency_pct)}; energy {_num(s.energy_kwh, '.4f')} kWh"
-        + ("" if s.average_power_watts is None else f" (average {s.average_power_watts:.0f} W)")
+        + (
+            ""
+            if s.average_power_watts is None
+            else f" (average power {s.average_power_watts:.0f} W, all GPUs)"
+        )
     )
     if s.hints:
         lines.append("Hints:")

@@ -14,12 +14,10 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from slurmgpu.config import SimulatorConfig
 from slurmgpu.errors import InputError
@@ -118,7 +116,9 @@ class SimNode:
             os.close(fd)
 
     def _write(self, state: dict[str, Any]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=f".{self.node}.", suffix=".tmp")
+        # Under the node lock one writer at a time; the pid keeps crashed writers' leftovers apart.
+        tmp = self.state_dir / f".{self.node}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(_encode(state), f, separators=(",", ":"))
@@ -136,6 +136,8 @@ class SimNode:
         model = MODELS[key]
         count = self.config.gpus_per_node
         minors = self.config.minor_order or tuple(range(count))
+        import uuid  # only when a node is first created
+
         now = time.time()
         gpus = []
         for ordinal, minor in enumerate(minors):
@@ -166,7 +168,8 @@ class SimNode:
     def gpu_by_minor(self, state: dict[str, Any], minor: int) -> dict[str, Any]:
         for gpu in state["gpus"]:
             if gpu["minor"] == minor:
-                return cast(dict[str, Any], gpu)
+                found: dict[str, Any] = gpu
+                return found
         minors = ", ".join(str(g["minor"]) for g in state["gpus"])
         raise InputError(f"node {self.node} has no GPU {minor} (GPUs: {minors})")
 

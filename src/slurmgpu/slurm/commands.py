@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from slurmgpu.errors import InputError, SlurmError
 
 # The parsable text format is stable across Slurm releases (the JSON layout is not). JobName is last because it is
-# the only field a user controls and it may contain the delimiter: everything after the 13th '|' is the name.
-SACCT_FIELDS = (
+# the only field a user controls and it may contain the delimiter: everything after the last fixed field is the
+# name. AllocTRES costs sacct a second round trip to slurmdbd (the TRES table), so single-job lookups leave it out:
+# `slurmgpu job` counts GPUs from its own rows. Reports over many jobs ask for it (ACCOUNTING_FIELDS).
+JOB_FIELDS = (
     "JobID",
     "JobIDRaw",
     "User",
@@ -27,10 +30,10 @@ SACCT_FIELDS = (
     "End",
     "ElapsedRaw",
     "NodeList",
-    "AllocTRES",
     "ExitCode",
     "JobName",
 )
+ACCOUNTING_FIELDS = (*JOB_FIELDS[:-1], "AllocTRES", "JobName")
 FINAL_STATES = (
     "COMPLETED",
     "FAILED",
@@ -80,17 +83,19 @@ def parse_alloc_gpus(tres: str) -> int | None:
     return total
 
 
-def parse_sacct(text: str) -> list[SacctJob]:
+def parse_sacct(text: str, fields: tuple[str, ...] = JOB_FIELDS) -> list[SacctJob]:
+    """Parse `sacct -n -P -o <fields>` output; fields must end with JobName."""
+    assert fields[-1] == "JobName"
     jobs = []
     for line in text.splitlines():
         if not line.strip():
             continue
-        parts = line.split("|", len(SACCT_FIELDS) - 1)
-        if len(parts) != len(SACCT_FIELDS):
+        parts = line.split("|", len(fields) - 1)
+        if len(parts) != len(fields):
             raise SlurmError(
-                f"sacct printed a line with {len(parts)} fields, expected {len(SACCT_FIELDS)}: {line[:80]!r}"
+                f"sacct printed a line with {len(parts)} fields, expected {len(fields)}: {line[:80]!r}"
             )
-        row = dict(zip(SACCT_FIELDS, parts, strict=True))
+        row = dict(zip(fields, parts, strict=True))
         if not row["JobIDRaw"].isdigit() or not row["ElapsedRaw"].isdigit():
             raise SlurmError(f"sacct printed an unexpected job line: {line[:80]!r}")
         jobs.append(
@@ -106,7 +111,7 @@ def parse_sacct(text: str) -> list[SacctJob]:
                 end=_time_or_none(row["End"]),
                 elapsed_seconds=int(row["ElapsedRaw"]),
                 node_list=row["NodeList"],
-                alloc_gpus=parse_alloc_gpus(row["AllocTRES"]),
+                alloc_gpus=parse_alloc_gpus(row["AllocTRES"]) if "AllocTRES" in row else None,
                 exit_code=row["ExitCode"],
                 name=row["JobName"],
             )
@@ -125,23 +130,37 @@ class Slurm:
         self.slurm_conf = slurm_conf or os.environ.get("SLURM_CONF", "")
         self.timeout = timeout_seconds
 
-    def run(self, program: str, args: list[str]) -> str:
+    def start(self, program: str, args: list[str]) -> Callable[[], str]:
+        """Start a command; the returned function waits for its output (callers work meanwhile)."""
         exe = self.bin_dir / program
         env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
         if self.slurm_conf:
             env["SLURM_CONF"] = self.slurm_conf
         try:
-            proc = subprocess.run(
-                [str(exe), *args], capture_output=True, text=True, timeout=self.timeout, env=env, check=False
+            proc = subprocess.Popen(
+                [str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
             )
         except FileNotFoundError:
             raise SlurmError(f"{exe} not found (set paths.slurm_bin_dir)") from None
-        except subprocess.TimeoutExpired:
-            raise SlurmError(f"{program} did not answer within {self.timeout:g} s") from None
-        if proc.returncode != 0:
-            first = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[0]
-            raise SlurmError(f"{program} {args[0] if args else ''} failed (exit {proc.returncode}): {first}")
-        return proc.stdout
+
+        def result() -> str:
+            try:
+                out, err = proc.communicate(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise SlurmError(f"{program} did not answer within {self.timeout:g} s") from None
+            if proc.returncode != 0:
+                first = (err.strip().splitlines() or out.strip().splitlines() or ["no output"])[0]
+                raise SlurmError(
+                    f"{program} {args[0] if args else ''} failed (exit {proc.returncode}): {first}"
+                )
+            return out
+
+        return result
+
+    def run(self, program: str, args: list[str]) -> str:
+        return self.start(program, args)()
 
     def drain(self, node: str, reason: str) -> None:
         """Drain a node; running jobs finish, no new ones start."""
@@ -149,7 +168,7 @@ class Slurm:
             raise InputError("a drain reason must be one line")
         self.run("scontrol", ["update", f"nodename={node}", "state=drain", f"reason={reason}"])
 
-    def sacct_jobs(self, job_spec: str) -> list[SacctJob]:
-        """Allocation lines (-X) for a job id as the user typed it (123, 123_4, 123+1)."""
-        out = self.run("sacct", ["-X", "-n", "-P", "-j", job_spec, "-o", ",".join(SACCT_FIELDS)])
-        return parse_sacct(out)
+    def sacct_jobs(self, job_spec: str) -> Callable[[], list[SacctJob]]:
+        """Allocation lines (-X) of a job id as typed (123, 123_4, 123+1); call the result to wait for them."""
+        pending = self.start("sacct", ["-X", "-n", "-P", "-j", job_spec, "-o", ",".join(JOB_FIELDS)])
+        return lambda: parse_sacct(pending())

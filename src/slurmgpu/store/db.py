@@ -82,38 +82,41 @@ class Store:
 
     # -- writes ------------------------------------------------------------------------------------------------
 
-    def upsert_job(self, ctx: JobContext, now: float) -> None:
-        with self.transaction() as c:
-            c.execute(
-                """INSERT INTO jobs (cluster, job_id, user, uid, account, partition, array_job_id, array_task_id,
-                       het_job_id, het_job_offset, first_seen_epoch, last_update_epoch)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (cluster, job_id) DO UPDATE SET
-                       user=excluded.user, uid=excluded.uid, account=excluded.account,
-                       partition=excluded.partition, array_job_id=excluded.array_job_id,
-                       array_task_id=excluded.array_task_id, het_job_id=excluded.het_job_id,
-                       het_job_offset=excluded.het_job_offset,
-                       first_seen_epoch=min(jobs.first_seen_epoch, excluded.first_seen_epoch),
-                       last_update_epoch=max(jobs.last_update_epoch, excluded.last_update_epoch)""",
-                (
-                    ctx.cluster,
-                    ctx.job_id,
-                    ctx.user,
-                    ctx.uid,
-                    ctx.account,
-                    ctx.partition,
-                    ctx.array_job_id,
-                    ctx.array_task_id,
-                    ctx.het_job_id,
-                    ctx.het_job_offset,
-                    now,
-                    now,
-                ),
-            )
+    def _upsert_job(self, c: sqlite3.Connection, ctx: JobContext, now: float) -> None:
+        c.execute(
+            """INSERT INTO jobs (cluster, job_id, user, uid, account, partition, array_job_id, array_task_id,
+                   het_job_id, het_job_offset, first_seen_epoch, last_update_epoch)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (cluster, job_id) DO UPDATE SET
+                   user=excluded.user, uid=excluded.uid, account=excluded.account,
+                   partition=excluded.partition, array_job_id=excluded.array_job_id,
+                   array_task_id=excluded.array_task_id, het_job_id=excluded.het_job_id,
+                   het_job_offset=excluded.het_job_offset,
+                   first_seen_epoch=min(jobs.first_seen_epoch, excluded.first_seen_epoch),
+                   last_update_epoch=max(jobs.last_update_epoch, excluded.last_update_epoch)""",
+            (
+                ctx.cluster,
+                ctx.job_id,
+                ctx.user,
+                ctx.uid,
+                ctx.account,
+                ctx.partition,
+                ctx.array_job_id,
+                ctx.array_task_id,
+                ctx.het_job_id,
+                ctx.het_job_offset,
+                now,
+                now,
+            ),
+        )
 
-    def save_baselines(self, ctx: JobContext, baselines: list[Baseline], now: float) -> None:
-        self.upsert_job(ctx, now)
+    def save_job(
+        self, ctx: JobContext, baselines: list[Baseline], usage: list[JobGpuUsage], now: float
+    ) -> None:
+        """One node's part of a job: its metadata, the prolog's baselines and the usage rows, in one transaction.
+        Keyed by (cluster, job id, node, GPU): writing the same part again replaces it."""
         with self.transaction() as c:
+            self._upsert_job(c, ctx, now)
             c.executemany(
                 """INSERT OR REPLACE INTO baselines (cluster, job_id, node, minor, uuid, taken_epoch, energy_joules,
                        ecc_volatile_uncorrected, ecc_aggregate_uncorrected, ecc_aggregate_corrected, retired_pages,
@@ -138,10 +141,6 @@ class Store:
                     for b in baselines
                 ],
             )
-
-    def save_usage(self, ctx: JobContext, usage: list[JobGpuUsage], now: float) -> None:
-        self.upsert_job(ctx, now)
-        with self.transaction() as c:
             c.executemany(
                 """INSERT OR REPLACE INTO job_gpus (cluster, job_id, node, minor, uuid, model, memory_total_bytes,
                        start_epoch, end_epoch, energy_joules, utilization_mean_pct, utilization_max_pct,
