@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.cluster.slurmgpu_cluster import start_cluster  # noqa: E402
+from tests.cluster.slurmgpu_cluster import start_cluster
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -41,7 +41,9 @@ def main() -> int:
         raise SystemExit(f"{reportseff} is missing: pip install reportseff")
     running = start_cluster(prefix="slurmgpu-bench-")
     try:
-        job = running.run_job("slurmgpu sim load --util 70 --mem-gib 10 --seconds 2\n", user="alice", gres="gpu:2")
+        job = running.run_job(
+            "slurmgpu sim load --util 70 --mem-gib 10 --seconds 2\n", user="alice", gres="gpu:2"
+        )
         env = {**running.env, "PATH": "/usr/bin:/bin"}
         ours, theirs = [], []
         for _ in range(args.runs):
@@ -50,8 +52,11 @@ def main() -> int:
     finally:
         running.cluster.stop()
         shutil.rmtree(running.root, ignore_errors=True)
-    result = {"runs": args.runs, "reportseff_median_ms": 1000 * statistics.median(theirs),
-              "slurmgpu_job_median_ms": 1000 * statistics.median(ours)}
+    result = {
+        "runs": args.runs,
+        "reportseff_median_ms": 1000 * statistics.median(theirs),
+        "slurmgpu_job_median_ms": 1000 * statistics.median(ours),
+    }
     result["ratio"] = result["slurmgpu_job_median_ms"] / result["reportseff_median_ms"]
     if args.json:
         print(json.dumps(result))

@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 # What any Python prolog in our style pays before doing anything: the standard modules the hook needs.
 STDLIB_FLOOR = "import dataclasses, pathlib, tomllib, json, threading, fcntl"
 
@@ -36,10 +35,17 @@ log_file = "{root}/state/slurmgpu.log"
 state_dir = "{root}/sim"
 gpus_per_node = {gpus}
 """)
-    return {"PATH": "/usr/bin:/bin", "SLURMGPU_CONFIG": str(cfg), "SLURMD_NODENAME": "gn1",
-            "SLURM_JOB_USER": "alice", "SLURM_JOB_UID": "1001", "SLURM_JOB_ACCOUNT": "ml-team",
-            "SLURM_JOB_PARTITION": "gpu", "SLURM_CLUSTER_NAME": "bench",
-            "SLURM_JOB_GPUS": ",".join(str(i) for i in range(gpus))}
+    return {
+        "PATH": "/usr/bin:/bin",
+        "SLURMGPU_CONFIG": str(cfg),
+        "SLURMD_NODENAME": "gn1",
+        "SLURM_JOB_USER": "alice",
+        "SLURM_JOB_UID": "1001",
+        "SLURM_JOB_ACCOUNT": "ml-team",
+        "SLURM_JOB_PARTITION": "gpu",
+        "SLURM_CLUSTER_NAME": "bench",
+        "SLURM_JOB_GPUS": ",".join(str(i) for i in range(gpus)),
+    }
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -71,7 +77,8 @@ def main() -> int:
         rows = len(os.listdir(Path(tmp) / "run" / "gn1" / "gpu")) - 1  # minus the lock file
         assert rows == args.gpus
     result = {
-        "gpus": args.gpus, "runs": args.runs,
+        "gpus": args.gpus,
+        "runs": args.runs,
         "python_pass_median_ms": 1000 * statistics.median(baseline),
         "prolog_median_ms": 1000 * statistics.median(prolog),
         "prolog_p90_ms": 1000 * sorted(prolog)[int(0.9 * len(prolog))],
@@ -83,8 +90,12 @@ def main() -> int:
         print(json.dumps(result))
     else:
         print(f"python -c pass  median {result['python_pass_median_ms']:.1f} ms")
-        print(f"prolog ({args.gpus} GPUs) median {result['prolog_median_ms']:.1f} ms, p90 {result['prolog_p90_ms']:.1f} ms")
-        print(f"stdlib floor    median {result['stdlib_floor_median_ms']:.1f} ms ({result['floor_ratio']:.2f}x)")
+        print(
+            f"prolog ({args.gpus} GPUs) median {result['prolog_median_ms']:.1f} ms, p90 {result['prolog_p90_ms']:.1f} ms"
+        )
+        print(
+            f"stdlib floor    median {result['stdlib_floor_median_ms']:.1f} ms ({result['floor_ratio']:.2f}x)"
+        )
         print(f"ratio {result['ratio']:.2f}x (target <= 1.5x)")
     return 0
 

@@ -9,18 +9,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.cluster.slurmgpu_cluster import start_cluster  # noqa: E402
+from tests.cluster.slurmgpu_cluster import start_cluster
 
 JOBS = [
     ("alice", "gpu:1", 1, "train-resnet", "slurmgpu sim load --util 85 --mem-gib 60 --seconds 6\n"),
-    ("bob", "gpu:2", 1, "eval-two-gpus",
-     'first="${SLURM_JOB_GPUS%%,*}"\nslurmgpu sim load --util 70 --mem-gib 12 --seconds 5 --gpus "$first"\n'),
-    ("alice", "gpu:1", 2, "ddp-two-nodes", "srun --ntasks-per-node=1 slurmgpu sim load --util 45 --mem-gib 6 --seconds 5\n"),
+    (
+        "bob",
+        "gpu:2",
+        1,
+        "eval-two-gpus",
+        'first="${SLURM_JOB_GPUS%%,*}"\nslurmgpu sim load --util 70 --mem-gib 12 --seconds 5 --gpus "$first"\n',
+    ),
+    (
+        "alice",
+        "gpu:1",
+        2,
+        "ddp-two-nodes",
+        "srun --ntasks-per-node=1 slurmgpu sim load --util 45 --mem-gib 6 --seconds 5\n",
+    ),
 ]
 
 
 def main() -> int:
-    print("starting a local Slurm: MariaDB, munge, slurmdbd, slurmctld, slurmd gn1..gn3 (4 simulated GPUs each)")
+    print(
+        "starting a local Slurm: MariaDB, munge, slurmdbd, slurmctld, slurmd gn1..gn3 (4 simulated GPUs each)"
+    )
     running = start_cluster(prefix="slurmgpu-demo-")
     try:
         c = running.cluster
