@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.cluster.slurmgpu_cluster import start_cluster
 
 JOBS = [
-    ("alice", "gpu:1", 1, "train-resnet", "slurmgpu sim load --util 85 --mem-gib 60 --seconds 6\n"),
+    ("alice", "gpu:1", 1, "train-resnet", "slurmgpu sim load --util 85 --mem-gib 28 --seconds 6\n"),
     (
         "bob",
         "gpu:2",

@@ -39,6 +39,32 @@ class ThresholdsConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    """Health checks and the drain policy. See docs/admin-guide.md for the XID table's source."""
+
+    expected_gpus: int = 0  # GPUs every node must show; 0: take the count from Slurm's Gres where known
+    temperature_warn_celsius: float = 85.0
+    temperature_fail_celsius: float = 93.0
+    ecc_correctable_warn: int = 10000  # volatile corrected ECC errors since boot
+    ecc_correctable_rate_warn_per_hour: float = 1000.0  # during a job (epilog)
+    retired_pages_warn: int = 48
+    retired_pages_fail: int = 60  # NVIDIA's RMA guidance for page retirement
+    remapped_rows_uncorrectable_warn: int = 8
+    leftover_processes: str = "fail"  # fail | warn | ignore: compute processes on a job's GPUs at job start
+    persistence_mode: str = "warn"  # warn | ignore
+    dcgm_in_prolog: bool = False  # `dcgmi health -c` in the prolog (needs DCGM health watches)
+    dcgmi_path: str = "/usr/bin/dcgmi"
+    xid_drain: tuple[int, ...] = ()  # codes added to the shipped drain class
+    xid_warn: tuple[int, ...] = ()
+    xid_ignore: tuple[int, ...] = ()
+    # Circuit breaker: at most this fraction of the cluster's nodes (and at least min) drained automatically
+    # within the window; past it, the prolog spares the node and raises a critical event instead.
+    breaker_max_fraction: float = 0.10
+    breaker_min_nodes: int = 1
+    breaker_window_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
 class SimulatorConfig:
     state_dir: str = "/var/lib/slurmgpu/sim"
     gpus_per_node: int = 4
@@ -60,6 +86,7 @@ class Config:
     paths: PathsConfig = PathsConfig()
     thresholds: ThresholdsConfig = ThresholdsConfig()
     simulator: SimulatorConfig = SimulatorConfig()
+    health: HealthConfig = HealthConfig()
     source: str = "(defaults)"
 
     def path(self, key: str, node: str = "") -> Path:
@@ -100,7 +127,12 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {source}: invalid TOML: {exc}") from None
-    sections = {"paths": PathsConfig, "thresholds": ThresholdsConfig, "simulator": SimulatorConfig}
+    sections = {
+        "paths": PathsConfig,
+        "thresholds": ThresholdsConfig,
+        "simulator": SimulatorConfig,
+        "health": HealthConfig,
+    }
     top: dict[str, Any] = {}
     for key, value in data.items():
         if key in sections:
@@ -126,7 +158,12 @@ def _section(cls: type, name: str, table: dict[str, Any], source: str) -> Any:
         if key not in known:
             raise ConfigError(f"config file {source}: unknown key '{dotted}'")
         default = known[key].default
-        if key == "minor_order":
+        if key in ("xid_drain", "xid_warn", "xid_ignore"):
+            items = _typed(dotted, value, list, source)
+            if not all(isinstance(i, int) and not isinstance(i, bool) and 0 < i < 1000 for i in items):
+                raise ConfigError(f"config file {source}: {dotted} must be a list of XID codes (1..999)")
+            values[key] = tuple(items)
+        elif key == "minor_order":
             items = _typed(dotted, value, list, source)
             if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items):
                 raise ConfigError(f"config file {source}: {dotted} must be a list of non-negative integers")
@@ -173,6 +210,21 @@ def _check_ranges(config: Any, name: str, source: str) -> None:
                 raise ConfigError(f"config file {source}: {name}.{key} must be positive")
         if not 0 <= config.idle_utilization_pct <= 100:
             raise ConfigError(f"config file {source}: {name}.idle_utilization_pct must be within 0..100")
+    if isinstance(config, HealthConfig):
+        if config.leftover_processes not in ("fail", "warn", "ignore"):
+            raise ConfigError(f"config file {source}: {name}.leftover_processes must be fail, warn or ignore")
+        if config.persistence_mode not in ("warn", "ignore"):
+            raise ConfigError(f"config file {source}: {name}.persistence_mode must be warn or ignore")
+        if not 0 < config.breaker_max_fraction <= 1:
+            raise ConfigError(f"config file {source}: {name}.breaker_max_fraction must be within (0, 1]")
+        if config.breaker_min_nodes < 0 or config.breaker_window_seconds <= 0:
+            raise ConfigError(
+                f"config file {source}: {name}.breaker_min_nodes/breaker_window_seconds out of range"
+            )
+        if config.temperature_warn_celsius > config.temperature_fail_celsius:
+            raise ConfigError(
+                f"config file {source}: {name}.temperature_warn_celsius exceeds the fail threshold"
+            )
     if isinstance(config, SimulatorConfig):
         if not 1 <= config.gpus_per_node <= 64:
             raise ConfigError(f"config file {source}: {name}.gpus_per_node must be within 1..64")
@@ -194,7 +246,7 @@ def render_config(config: Config) -> str:
         f'backend = "{config.backend}"',
         f'cluster = "{config.cluster}"',
     ]
-    for section in ("paths", "thresholds", "simulator"):
+    for section in ("paths", "thresholds", "health", "simulator"):
         lines.append(f"\n[{section}]")
         obj = getattr(config, section)
         for f in fields(obj):

@@ -20,13 +20,8 @@ class HookLog:
 
     def __call__(self, level: str, message: str) -> None:
         line = f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {self.tag}[{os.getpid()}] {level}: {message}"
-        with contextlib.suppress(Exception):
-            import syslog
-
-            if not self._syslog_open:
-                syslog.openlog("slurmgpu", syslog.LOG_PID, syslog.LOG_DAEMON)
-                self._syslog_open = True
-            syslog.syslog(_LEVELS.get(level, 6), f"{self.tag}: {message}")
+        if level != "debug":  # debug lines (timings) go to the file only
+            self._syslog(level, message)
         if self.path is not None:
             with contextlib.suppress(OSError):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,3 +32,14 @@ class HookLog:
                     os.close(fd)
         if self.to_stderr:
             print(line, file=sys.stderr)
+
+    def _syslog(self, level: str, message: str) -> None:
+        try:
+            import syslog
+
+            if not self._syslog_open:
+                syslog.openlog("slurmgpu", syslog.LOG_PID, syslog.LOG_DAEMON)
+                self._syslog_open = True
+            syslog.syslog(_LEVELS.get(level, 6), f"{self.tag}: {message}")
+        except OSError:
+            pass  # no syslog socket (containers): the file still has the line

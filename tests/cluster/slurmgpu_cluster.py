@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +108,57 @@ class SlurmGpuCluster:
         )
         return job_id
 
+    def prefer(self, node: str) -> None:
+        """Make `node` the scheduler's first choice (lowest weight), so the next job really lands there."""
+        for name in self.cluster.nodes:
+            self.cluster.run(
+                ["scontrol", "update", f"nodename={name}", f"weight={1 if name == node else 100}"], check=True
+            )
+
+    def reset_nodes(self) -> None:
+        """Clear simulated faults, resume every node, equal weights: the state every test starts from."""
+        for name in self.cluster.nodes:
+            self.slurmgpu("sim", "clear", "--node", name)
+            info = self.cluster.node_info(name)
+            if "DRAIN" in info.get("State", "") or "DOWN" in info.get("State", ""):
+                self.cluster.resume(name)
+            self.cluster.run(["scontrol", "update", f"nodename={name}", "weight=1"], check=True)
+
+    def wait_drained(self, node: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while "DRAIN" not in self.cluster.node_info(node).get("State", ""):
+            assert time.monotonic() < deadline, f"{node} never drained: {self.cluster.node_info(node)}"
+            time.sleep(0.2)
+        return self.reason(node)
+
+    def reason(self, node: str) -> str:
+        """The drain reason without scontrol's ' [user@time]' suffix."""
+        return re.sub(r" \[[^\]]*@[^\]]*\]$", "", self.cluster.node_info(node).get("Reason", ""))
+
+    def finish_requeued(self, job_id: int, timeout: float = 90) -> str:
+        """After a failed prolog Slurm requeues the job, held or with a begin time two minutes out. Make it eligible
+        now (again whenever the requeue lands after an earlier try) and wait for its final state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            shown = self.cluster.show_job(job_id).lower()
+            if "held" in shown:
+                self.cluster.run(["scontrol", "release", str(job_id)])
+            if "reason=begintime" in shown or "held" in shown:
+                self.cluster.run(["scontrol", "update", f"jobid={job_id}", "starttime=now"])
+            if "jobstate=completed" in shown or "jobstate=failed" in shown or "jobstate=cancelled" in shown:
+                break
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.3)
+        return self.cluster.wait_job(job_id, timeout=max(5.0, deadline - time.monotonic()))
+
+    def drained_nodes(self) -> dict[str, str]:
+        out = {}
+        for name in self.cluster.nodes:
+            info = self.cluster.node_info(name)
+            if "DRAIN" in info.get("State", ""):
+                out[name] = self.reason(name)
+        return out
+
     def hook_log(self) -> str:
         path = self.root / "slurmgpu" / "state" / "slurmgpu.log"
         return path.read_text() if path.exists() else ""
@@ -133,6 +186,9 @@ state_dir = "{base}/sim"
 gpus_per_node = 4
 model = "H100-SXM5-80GB"
 minor_order = {json.dumps(MINOR_ORDER)}
+
+[simulator.node_models]
+gn3 = "V100-SXM2-32GB"
 """)
     path.chmod(0o644)
     return path

@@ -54,7 +54,15 @@ def usage(node: str, minor: int, energy: float = 100.0) -> JobGpuUsage:
 def test_schema_after_all_migrations(tmp_path: Path) -> None:
     Store.open(tmp_path / "s.db").close()
     db = sqlite_utils.Database(tmp_path / "s.db")
-    assert set(db.table_names()) == {"jobs", "job_gpus", "baselines", "health_events", "drains"}
+    assert set(db.table_names()) == {
+        "jobs",
+        "job_gpus",
+        "baselines",
+        "health_events",
+        "drains",
+        "health_results",
+    }
+    assert db["health_results"].pks == ["cluster", "node"]
     assert db["job_gpus"].pks == ["cluster", "job_id", "node", "minor"]
     assert db["baselines"].pks == ["cluster", "job_id", "node", "minor"]
     assert db["jobs"].pks == ["cluster", "job_id"]

@@ -43,6 +43,10 @@ def job_summary(config: Config, text: str, cluster: str = "") -> JobSummary:
             found_cluster, raw = store.resolve_job(parse_job_id(str(sacct.job_id_raw)), cluster)
         record = store.job(found_cluster, raw)
     except NotFoundError:
+        if sacct is not None and sacct.state in ("RUNNING", "PENDING", "COMPLETING", "SUSPENDED", "REQUEUED"):
+            raise NotFoundError(
+                f"job {job} is {sacct.state}: its GPU record is written when it ends"
+            ) from None
         if sacct is not None:
             raise NotFoundError(
                 f"job {job} has no GPU record: it used no GPU, or ran where slurmgpu's hooks "

@@ -20,6 +20,11 @@ from slurmgpu.sim.state import SimNode
 
 
 def _node(config: Config, node: str | None) -> SimNode:
+    if config.backend != "simulated":
+        raise InputError(
+            f'the simulator needs backend = "simulated" (this config, {config.source}, uses '
+            f"{config.backend!r})"
+        )
     name = node or os.environ.get("SLURMD_NODENAME", "")
     if not name:
         raise InputError("no node: pass --node or run inside a Slurm job (SLURMD_NODENAME)")
@@ -96,10 +101,12 @@ def load(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     control.add_load(target, minors, util, mem, pid, start, start + control.LEASE_SECONDS)
+    renew_at = start + control.LEASE_SECONDS / 3
     while not stop:
         time.sleep(0.2)
-        if not stop and int(time.time() - start) % 5 == 0:
+        if not stop and time.time() >= renew_at:
             control.set_load_end(target, minors, pid, start, time.time() + control.LEASE_SECONDS)
+            renew_at = time.time() + control.LEASE_SECONDS / 3
     control.set_load_end(target, minors, pid, start, time.time())
 
 

@@ -27,6 +27,17 @@ def parse_xids(text: str) -> list[tuple[str, int]]:
     return [(f"{int(m[1], 16):04x}:{m[2].lower()}:{m[3].lower()}", int(m[4])) for m in _XID.finditer(text)]
 
 
+def parse_xid_lines(text: str) -> list[tuple[str, int, str]]:
+    """(short PCI bus id, XID code, the whole log line) for every XID line, in order. The line carries the
+    kernel's timestamp, which tells one occurrence from another."""
+    out = []
+    for line in text.splitlines():
+        m = _XID.search(line)
+        if m:
+            out.append((f"{int(m[1], 16):04x}:{m[2].lower()}:{m[3].lower()}", int(m[4]), line))
+    return out
+
+
 def count_by_bus(text: str) -> Counter[str]:
     return Counter(bus for bus, _ in parse_xids(text))
 

@@ -1,4 +1,6 @@
-"""The epilog: final reading, per-GPU usage from counter deltas and accounting stats, job record, owner files."""
+"""The epilog: final reading, per-GPU usage from counter deltas and accounting stats, the job record, post-job
+health (what changed while the job ran), owner files released. It always exits 0: a fault found here drains the
+node for the jobs that come next, it never fails the job that just ran."""
 
 from __future__ import annotations
 
@@ -8,30 +10,34 @@ from collections.abc import Mapping
 from slurmgpu.collection.usage import gpu_usage
 from slurmgpu.config import Config
 from slurmgpu.gpu.backend import open_backend
+from slurmgpu.gpu.types import NodeReading
+from slurmgpu.health.checks import XidEvent, epilog_checks
 from slurmgpu.hooks import owners
 from slurmgpu.hooks.runner import EXIT_OK
 from slurmgpu.hooks.spool import read_baselines, spool_path
 from slurmgpu.hooks.spool import remove as spool_remove
 from slurmgpu.log import HookLog
-from slurmgpu.slurm.env import job_context
+from slurmgpu.slurm.env import JobContext, job_context
 from slurmgpu.store.db import Store
+from slurmgpu.store.records import Baseline
 
 
 def epilog(config: Config, env: Mapping[str, str], log: HookLog) -> int:
     ctx = job_context(env, default_cluster=config.cluster)
     if not ctx.gpus:
         return EXIT_OK
-    run_dir = config.path("run_dir", ctx.node)
     spool = spool_path(config.path("state_dir", ctx.node), ctx.cluster, ctx.node, ctx.job_id)
     try:
+        baselines = read_baselines(spool)
         store = Store.open(config.path("database", ctx.node))
         try:
-            # The prolog's spool file; after a first epilog moved it into the store, the store (a re-run epilog).
-            baselines = read_baselines(spool) or store.load_baselines(ctx.cluster, ctx.job_id, ctx.node)
-            if not baselines:
-                # Our prolog did not complete for this job here: Slurm also runs the epilog after a prolog that
-                # failed and drained the node. The job never used these GPUs, so there is nothing to record.
-                log("warning", f"job {ctx.job_id}: no prolog baseline on {ctx.node}: nothing recorded")
+            if baselines is None:
+                if store.usage_recorded(ctx.cluster, ctx.job_id, ctx.node):
+                    log("info", f"job {ctx.job_id}: already recorded on {ctx.node} (epilog run again)")
+                else:
+                    # Our prolog did not complete for this job here: Slurm also runs the epilog after a prolog that
+                    # failed and drained the node. The job never used these GPUs: nothing to record.
+                    log("warning", f"job {ctx.job_id}: no prolog baseline on {ctx.node}: nothing recorded")
                 return EXIT_OK
             reading = open_backend(config, ctx.node).read_node(with_accounting=True)
             if reading.error:
@@ -45,6 +51,54 @@ def epilog(config: Config, env: Mapping[str, str], log: HookLog) -> int:
             store.close()
         spool_remove(spool)
         log("info", f"job {ctx.job_id}: recorded {len(usage)} GPU(s) on {ctx.node}")
+        _post_job_health(config, ctx, reading, baselines, log)
     finally:
-        owners.release(run_dir, ctx.gpus, ctx.job_id)  # whatever else failed, the GPUs are free again
+        owners.release(config.path("run_dir", ctx.node), ctx.gpus, ctx.job_id)  # the GPUs are free again
     return EXIT_OK
+
+
+def _post_job_health(
+    config: Config, ctx: JobContext, reading: NodeReading, baselines: dict[int, Baseline], log: HookLog
+) -> None:
+    from slurmgpu.health.xid_source import all_xids
+
+    elapsed = max((time.time() - b.taken_epoch_seconds for b in baselines.values()), default=0.0)
+    try:
+        during = _xids_during_job(all_xids(config, ctx.node, reading), baselines)
+    except OSError as exc:
+        log("warning", f"job {ctx.job_id}: kernel log unreadable, no XID check: {exc}")
+        during = []
+    results = epilog_checks(reading, baselines, elapsed, config.health, during)
+    for r in results:
+        if r.status != "ok":
+            log(
+                "warning" if r.status == "warn" else "error",
+                f"job {ctx.job_id} after the job: {r.check} {r.where}: {r.detail}",
+            )
+    if any(r.status != "ok" for r in results):
+        from slurmgpu.health.remediation import remediate
+
+        remediate(
+            config,
+            cluster=ctx.cluster,
+            node=ctx.node,
+            source="epilog",
+            job_id=ctx.job_id,
+            results=results,
+            reading=reading,
+            log=log,
+        )
+
+
+def _xids_during_job(events: list[XidEvent], baselines: dict[int, Baseline]) -> list[XidEvent]:
+    """Per GPU of the job, the XIDs beyond the count its baseline saw at job start."""
+    seen: dict[int, int] = {}
+    during = []
+    for e in events:
+        if e.minor is None or e.minor not in baselines:
+            continue
+        seen[e.minor] = seen.get(e.minor, 0) + 1
+        before = baselines[e.minor].xid_count
+        if before is not None and seen[e.minor] > before:
+            during.append(e)
+    return during

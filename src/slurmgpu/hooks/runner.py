@@ -29,10 +29,14 @@ def run_hook(name: str, env: dict[str, str] | None = None) -> int:
             from slurmgpu.hooks.epilog import epilog
 
             code = epilog(config, env, log)
-        log(
-            "debug",
-            f"job {env.get('SLURM_JOB_ID', '?')} done in {time.monotonic() - started:.3f} s, exit {code}",
+        gpu_job = any(
+            env.get(k, "").strip() for k in ("SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL")
         )
+        if gpu_job:
+            log(
+                "debug",
+                f"job {env.get('SLURM_JOB_ID', '?')} done in {time.monotonic() - started:.3f} s, exit {code}",
+            )
         return code
     except Exception as exc:
         from slurmgpu.errors import SlurmgpuError

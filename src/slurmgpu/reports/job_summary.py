@@ -153,7 +153,7 @@ def hints(rows: tuple[GpuRow, ...], efficiency: float | None, t: ThresholdsConfi
         where = ", ".join(sorted({r.node for r in blind}))
         out.append(
             f"no utilization data from {where}: NVML accounting mode is off there "
-            "(an admin can enable it with `nvidia-smi -am 1`, or run the slurmgpu agent)"
+            "(an admin can enable it with `nvidia-smi -am 1`)"
         )
     idle = [r for r in rows if r.idle]
     if idle:

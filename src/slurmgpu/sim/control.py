@@ -153,6 +153,10 @@ def clear_faults(sim: SimNode, minor: int | None = None) -> int:
             cleared += 1
 
     sim.update(change)
+    if minor is None and sim.kmsg_path.exists():
+        sim.kmsg_path.write_text(
+            ""
+        )  # a whole node made healthy again went through a reboot: a fresh kernel log
     return cleared
 
 

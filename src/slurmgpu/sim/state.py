@@ -184,6 +184,8 @@ class SimNode:
         uptime = time.monotonic()
         fd = os.open(self.kmsg_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
+            with contextlib.suppress(PermissionError):
+                os.fchmod(fd, 0o666)
             os.write(fd, f"[{uptime:12.6f}] {line}\n".encode())
         finally:
             os.close(fd)

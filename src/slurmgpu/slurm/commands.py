@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slurmgpu.errors import InputError, SlurmError
+from slurmgpu.slurm.nodes import SINFO_NODE_FORMAT, SlurmNode, parse_gres_gpus, parse_sinfo_nodes
 
 # The parsable text format is stable across Slurm releases (the JSON layout is not). JobName is last because it is
 # the only field a user controls and it may contain the delimiter: everything after the last fixed field is the
@@ -172,3 +173,15 @@ class Slurm:
         """Allocation lines (-X) of a job id as typed (123, 123_4, 123+1); call the result to wait for them."""
         pending = self.start("sacct", ["-X", "-n", "-P", "-j", job_spec, "-o", ",".join(JOB_FIELDS)])
         return lambda: parse_sacct(pending())
+
+    def resume(self, node: str) -> None:
+        self.run("scontrol", ["update", f"nodename={node}", "state=resume"])
+
+    def nodes(self) -> list[SlurmNode]:
+        """Every node once (sinfo lists a node per partition), with state and drain reason."""
+        return parse_sinfo_nodes(self.run("sinfo", ["-h", "-N", "-o", SINFO_NODE_FORMAT]))
+
+    def node_gpus(self, node: str) -> int | None:
+        """GPUs Slurm configured on the node (its Gres), None when it has none or Slurm does not say."""
+        out = self.run("sinfo", ["-h", "-N", "-n", node, "-o", "%G"])
+        return parse_gres_gpus(out.splitlines()[0]) if out.strip() else None

@@ -65,3 +65,25 @@ def job_context(env: Mapping[str, str], *, default_cluster: str = "") -> JobCont
         het_job_id=_int(env, "SLURM_HET_JOB_ID"),
         het_job_offset=_int(env, "SLURM_HET_JOB_OFFSET"),
     )
+
+
+def cluster_name(configured: str, slurm_conf: str = "", env: Mapping[str, str] | None = None) -> str:
+    """The cluster's name for commands run outside a job: the config's, SLURM_CLUSTER_NAME, or slurm.conf's
+    ClusterName (the same name the hooks get from slurmd), else "default"."""
+    import os
+
+    if configured:
+        return configured
+    env = os.environ if env is None else env
+    if env.get("SLURM_CLUSTER_NAME", "").strip():
+        return env["SLURM_CLUSTER_NAME"].strip()
+    path = slurm_conf or env.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.split("#", 1)[0].partition("=")
+                if key.strip().lower() == "clustername" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return "default"

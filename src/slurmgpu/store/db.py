@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from slurmgpu.errors import NotFoundError, StoreError
+from slurmgpu.health.results import CheckResult
 from slurmgpu.slurm.env import JobContext
 from slurmgpu.slurm.jobid import JobId
 from slurmgpu.store.records import Baseline, JobGpuUsage, JobMeta, JobRecord
@@ -53,10 +54,13 @@ class Store:
             conn.execute("PRAGMA foreign_keys=ON")
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if version != SCHEMA_VERSION:
+                if readonly and os.access(path, os.W_OK):
+                    conn.close()  # root (or the owner) may migrate: reopen for writing
+                    return cls.open(path)
                 if readonly:
                     raise StoreError(
                         f"job store {path} has schema {version}, expected {SCHEMA_VERSION}: "
-                        "run any hook or `slurmgpu` as root once to migrate it"
+                        "the next epilog, or any slurmgpu command run as root, migrates it"
                     )
                 migrate(conn)
         except sqlite3.Error as exc:
@@ -167,6 +171,50 @@ class Store:
                     for u in usage
                 ],
             )
+
+    def save_health(
+        self,
+        *,
+        cluster: str,
+        node: str,
+        source: str,
+        job_id: int | None,
+        results: list[CheckResult],
+        now: float,
+    ) -> None:
+        """The node's latest health result, and an event for every warning and failure."""
+        status = (
+            "fail"
+            if any(r.status == "fail" for r in results)
+            else ("warn" if any(r.status == "warn" for r in results) else "ok")
+        )
+        bad = [r for r in results if r.status != "ok"]
+        summary = "; ".join(f"{r.check} {r.where}: {r.detail}" for r in bad[:5]) or "all checks passed"
+        with self.transaction() as c:
+            c.execute(
+                """INSERT OR REPLACE INTO health_results (cluster, node, epoch, source, status, summary, results_json)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                (cluster, node, now, source, status, summary, json.dumps([r.__dict__ for r in results])),
+            )
+            c.executemany(
+                """INSERT INTO health_events (epoch, cluster, node, minor, job_id, hook, check_name, severity, detail)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [(now, cluster, node, r.minor, job_id, source, r.check, r.status, r.detail) for r in bad],
+            )
+
+    def last_health(self, cluster: str, node: str) -> dict[str, Any] | None:
+        cur = self.conn.execute(
+            "SELECT * FROM health_results WHERE cluster = ? AND node = ?", (cluster, node)
+        )
+        row = cur.fetchone()
+        return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
+
+    def usage_recorded(self, cluster: str, job_id: int, node: str) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM job_gpus WHERE cluster = ? AND job_id = ? AND node = ? LIMIT 1",
+            (cluster, job_id, node),
+        ).fetchone()
+        return row is not None
 
     def record_health_event(
         self,

@@ -112,7 +112,24 @@ def _m1_initial(db: Any) -> None:
     db["drains"].create_index(["cluster", "node", "epoch"])
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_m1_initial]
+def _m2_health_results(db: Any) -> None:
+    """The last health check of each node (what `slurmgpu nodes` shows and `slurmgpu resume` consults)."""
+    db["health_results"].create(
+        {
+            "cluster": str,
+            "node": str,
+            "epoch": float,
+            "source": str,
+            "status": str,
+            "summary": str,
+            "results_json": str,
+        },
+        pk=("cluster", "node"),
+        not_null={"cluster", "node", "epoch", "source", "status", "summary", "results_json"},
+    )
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_m1_initial, _m2_health_results]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

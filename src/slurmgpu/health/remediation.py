@@ -1,0 +1,134 @@
+"""Apply a health result: drain through Slurm within the circuit breaker, and record what happened.
+
+Used by the prolog, the epilog and `slurmgpu health --slurm`. Recording is best effort (the drain already happened
+or was spared); the Slurm side is what protects jobs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+from slurmgpu.config import Config
+from slurmgpu.errors import SlurmError
+from slurmgpu.gpu.types import NodeReading
+from slurmgpu.health.policy import Decision, decide, keep_after_race
+from slurmgpu.health.results import CheckResult
+from slurmgpu.log import HookLog
+from slurmgpu.slurm.commands import Slurm
+from slurmgpu.slurm.nodes import SlurmNode
+
+
+def slurm_for(config: Config) -> Slurm:
+    return Slurm(
+        config.path("slurm_bin_dir"), config.paths.slurm_conf, config.thresholds.slurm_command_timeout_seconds
+    )
+
+
+def _nodes(slurm: Slurm, log: HookLog) -> list[SlurmNode]:
+    try:
+        return slurm.nodes()
+    except SlurmError as exc:
+        # Without the cluster's view the breaker cannot count: it falls back to its minimum (one node).
+        log("warning", f"circuit breaker cannot list nodes: {exc}")
+        return []
+
+
+def remediate(
+    config: Config,
+    *,
+    cluster: str,
+    node: str,
+    source: str,
+    job_id: int | None,
+    results: list[CheckResult],
+    reading: NodeReading,
+    log: HookLog,
+) -> Decision:
+    """Drain (or spare) the node for failed checks; record the result and events. Returns what was decided."""
+    h = config.health
+    slurm = slurm_for(config)
+    decision = Decision("none", "", "healthy")
+    if any(r.status == "fail" for r in results):
+        decision = decide(
+            results,
+            node,
+            _nodes(slurm, log),
+            time.time(),
+            max_fraction=h.breaker_max_fraction,
+            min_nodes=h.breaker_min_nodes,
+            window_seconds=h.breaker_window_seconds,
+        )
+    if decision.action == "drain":
+        try:
+            slurm.drain(node, decision.reason)
+            log("error", f"job {job_id}: drained {node}: {decision.reason}")
+            after = _nodes(slurm, log)
+            if after and not keep_after_race(
+                node,
+                after,
+                time.time(),
+                max_fraction=h.breaker_max_fraction,
+                min_nodes=h.breaker_min_nodes,
+                window_seconds=h.breaker_window_seconds,
+            ):
+                mine = next((n for n in after if n.name == node), None)
+                if mine is not None and mine.reason == decision.reason:
+                    slurm.resume(node)
+                decision = Decision(
+                    "spare",
+                    decision.reason,
+                    "circuit breaker: other nodes were drained at the same moment and the cap is "
+                    f"reached; {node} returned to service",
+                )
+        except SlurmError as exc:
+            # The fault is real: the prolog still fails and Slurm drains the node itself ("Prolog error").
+            log("error", f"job {job_id}: {decision.reason}; drain through scontrol failed: {exc}")
+    if decision.action == "spare":
+        log(
+            "error", f"CRITICAL job {job_id}: {node} NOT drained: {decision.detail}; fault: {decision.reason}"
+        )
+    _record(config, cluster, node, source, job_id, results, reading, decision, log)
+    return decision
+
+
+def _record(
+    config: Config,
+    cluster: str,
+    node: str,
+    source: str,
+    job_id: int | None,
+    results: list[CheckResult],
+    reading: NodeReading,
+    decision: Decision,
+    log: HookLog,
+) -> None:
+    try:
+        from slurmgpu.store.db import Store
+
+        now = time.time()
+        store = Store.open(config.path("database", node))
+        try:
+            extra = []
+            if decision.action == "spare":
+                extra = [CheckResult("circuit-breaker", "fail", f"CRITICAL: {decision.detail}")]
+            store.save_health(
+                cluster=cluster, node=node, source=source, job_id=job_id, results=results + extra, now=now
+            )
+            if decision.action == "drain":
+                named = {r.minor for r in results if r.status == "fail"}
+                store.record_drain(
+                    cluster=cluster,
+                    node=node,
+                    action="drain",
+                    reason=decision.reason,
+                    actor="root",
+                    source=source,
+                    job_id=job_id,
+                    now=now,
+                    readings=[asdict(g) for g in reading.gpus if g.status != "ok" or g.minor in named],
+                )
+        finally:
+            store.close()
+    except Exception as exc:
+        log("error", f"job {job_id}: health result of {node} not recorded: {exc}")
