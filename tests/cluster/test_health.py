@@ -83,6 +83,65 @@ def test_prolog_drains_the_faulty_node_and_the_job_runs_elsewhere(
     assert "DRAIN" not in cl.cluster.node_info(node)["State"]
 
 
+def test_leftover_process_from_an_earlier_job_drains_the_node(cl: SlurmGpuCluster) -> None:
+    # a process that survived its job: still on gpu0 of gn1 with 5 GiB held
+    cl.slurmgpu(
+        "sim",
+        "load",
+        "--node",
+        "gn1",
+        "--gpus",
+        "0",
+        "--util",
+        "0",
+        "--mem-gib",
+        "5",
+        "--seconds",
+        "600",
+        "--no-wait",
+    )
+    cl.prefer("gn1")
+    job = cl.submit(LOAD, user="bob", gres="gpu:4")
+    reason = cl.wait_drained("gn1")
+    assert reason.startswith("slurmgpu: leftover-processes gpu0: pid "), reason
+    assert "5.0 GiB" in reason
+    assert cl.finish_requeued(job) == "COMPLETED"
+    assert cl.cluster.job_field(job, "NodeList") != "gn1"
+
+
+def test_dcgm_health_in_the_prolog(cl: SlurmGpuCluster) -> None:
+    scenario = cl.root / "dcgm-scenario.json"
+    scenario.write_text(
+        json.dumps(
+            {
+                "gpus": [0, 1, 2, 3],
+                "health": {"incidents": [{"gpu": 1, "system": "nvlink", "health": "fail"}]},
+            }
+        )
+    )
+    wrapper = cl.root / "dcgmi"
+    wrapper.write_text(
+        f"#!/bin/sh\nexport SLURMGPU_FAKE_DCGMI={scenario}\n"
+        f'exec {cl.exe.parent / "python"} -m slurmgpu.sim.fake_dcgmi "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    original = cl.config.read_text()
+    try:
+        cl.config.write_text(
+            original.replace(
+                "[thresholds]", f'[health]\ndcgmi_path = "{wrapper}"\ndcgm_in_prolog = true\n\n[thresholds]'
+            )
+        )
+        cl.prefer("gn2")
+        job = cl.submit(LOAD, user="alice", gres="gpu:1")
+        reason = cl.wait_drained("gn2")
+        # DCGM GPU id 1 is NVML index 1, whose device minor is 0 on these nodes (minor order 1, 0, 3, 2)
+        assert reason.startswith("slurmgpu: dcgm-nvlink gpu0"), reason
+        assert cl.finish_requeued(job) == "COMPLETED"
+    finally:
+        cl.config.write_text(original)
+
+
 def test_unresponsive_gpu_keeps_the_prolog_within_its_budget(cl: SlurmGpuCluster) -> None:
     cl.slurmgpu("sim", "fault", "--node", "gn2", "--gpu", "3", "unresponsive")
     started = time.monotonic()

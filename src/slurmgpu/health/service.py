@@ -79,7 +79,7 @@ def run_health(
         log("warning", f"kernel log unreadable, no XID check: {exc}")
     expected = config.health.expected_gpus or _slurm_gpus(config, node)
     results = prolog_checks(reading, (), config.health, expected_gpus=expected, xids=new)
-    results += _dcgm_results(config, diag_level)
+    results += _dcgm_results(config, diag_level, reading)
     status = overall(results)
     action, detail = "none", ""
     if slurm_mode:
@@ -111,10 +111,10 @@ def _slurm_gpus(config: Config, node: str) -> int | None:
         return None  # no Slurm here (or not this node): the count check needs [health] expected_gpus
 
 
-def _dcgm_results(config: Config, diag_level: int | None) -> list[CheckResult]:
+def _dcgm_results(config: Config, diag_level: int | None, reading: NodeReading) -> list[CheckResult]:
     from slurmgpu.health.dcgm_checks import dcgm_results
 
-    return dcgm_results(config, diag_level)
+    return dcgm_results(config, diag_level, reading)
 
 
 def _record(config: Config, node: str, results: list[CheckResult]) -> None:

@@ -27,6 +27,10 @@ def prolog(config: Config, env: Mapping[str, str], log: HookLog) -> int:
     results = prolog_checks(
         reading, ctx.gpus, config.health, xids=watermark.new(xids) if xids is not None else ()
     )
+    if config.health.dcgm_in_prolog:
+        from slurmgpu.health.dcgm_checks import dcgm_results
+
+        results += dcgm_results(config, None, reading)
     for r in results:
         if r.status != "ok":
             log(

@@ -148,8 +148,16 @@ def clear_faults(sim: SimNode, minor: int | None = None) -> int:
     def change(state: dict[str, Any]) -> None:
         nonlocal cleared
         gpus = state["gpus"] if minor is None else [sim.gpu_by_minor(state, minor)]
+        now = time.time()
         for gpu in gpus:
             gpu["faults"] = dict(HEALTHY_FAULTS, xids=[])
+            # the repair went through a reset: processes still on the GPU are gone from now on
+            gpu["segments"] = [
+                physics.Segment(s.start_epoch_seconds, now, s.utilization_pct, s.memory_bytes, s.pid)
+                if s.end_epoch_seconds > now
+                else s
+                for s in gpu["segments"]
+            ]
             cleared += 1
 
     sim.update(change)
