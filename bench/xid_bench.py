@@ -30,7 +30,9 @@ def make_log(lines: int, seed: int = 7) -> str:
     for i in range(lines):
         stamp = f"[{i * 0.01:12.6f}] "
         if i % 50 == 0:
-            out.append(stamp + xid_message(pci_bus_id(rng.randrange(8)), rng.choice(CODES), pid=str(1000 + i)))
+            out.append(
+                stamp + xid_message(pci_bus_id(rng.randrange(8)), rng.choice(CODES), pid=str(1000 + i))
+            )
         else:
             out.append(stamp + f"eth0: link up, 100Gbps, full duplex, flow control rx/tx, seq {i}")
     return "\n".join(out) + "\n"
@@ -60,14 +62,20 @@ def main() -> int:
         t = time.perf_counter()
         sum(1 for _ in text.splitlines())
         floor.append(time.perf_counter() - t)
-    res = {"lines": args.lines, "xid_lines": results, "classify_median_ms": 1000 * statistics.median(ours),
-           "splitlines_median_ms": 1000 * statistics.median(floor)}
+    res = {
+        "lines": args.lines,
+        "xid_lines": results,
+        "classify_median_ms": 1000 * statistics.median(ours),
+        "splitlines_median_ms": 1000 * statistics.median(floor),
+    }
     res["ratio"] = res["classify_median_ms"] / res["splitlines_median_ms"]
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"{args.lines} lines, {results} XIDs: classify median {res['classify_median_ms']:.1f} ms "
-              f"(splitlines alone {res['splitlines_median_ms']:.1f} ms, {res['ratio']:.1f}x); target well under 100 ms")
+        print(
+            f"{args.lines} lines, {results} XIDs: classify median {res['classify_median_ms']:.1f} ms "
+            f"(splitlines alone {res['splitlines_median_ms']:.1f} ms, {res['ratio']:.1f}x); target well under 100 ms"
+        )
     return 0
 
 

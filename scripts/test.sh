@@ -5,9 +5,6 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 prefix=${SLURMGPU_PREFIX:-/opt/slurmgpu}
 bash "$here/scripts/install.sh"
+bash "$here/scripts/lint.sh"
 cd "$here"
-"$prefix/bin/ruff" check src tests bench
-"$prefix/bin/ruff" format --check src tests bench
-"$prefix/bin/mypy"
-shellcheck prolog/slurmgpu-prolog epilog/slurmgpu-epilog scripts/*.sh
 exec "$prefix/bin/python" -m pytest -q "$@"
