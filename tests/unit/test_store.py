@@ -61,6 +61,7 @@ def test_schema_after_all_migrations(tmp_path: Path) -> None:
         "health_events",
         "drains",
         "health_results",
+        "agent_aggregates",
     }
     assert db["health_results"].pks == ["cluster", "node"]
     assert db["job_gpus"].pks == ["cluster", "job_id", "node", "minor"]

@@ -40,7 +40,13 @@ class NvmlBackend:
         self._timeout = timeout_seconds
         self._initialised = False
 
-    def read_node(self, *, with_accounting: bool = False, with_processes: bool = False) -> NodeReading:
+    def read_node(
+        self,
+        *,
+        with_accounting: bool = False,
+        with_processes: bool = False,
+        samples_since_us: dict[int, int] | None = None,
+    ) -> NodeReading:
         """Read every GPU of the node, each time-boxed, in parallel."""
         deadline = time.monotonic() + self._timeout
         init_error = self._call_boxed(self._init, deadline)
@@ -59,7 +65,14 @@ class NvmlBackend:
         for index in range(count):
             t = threading.Thread(
                 target=self._read_into,
-                args=(index, partial[index], results, with_accounting, with_processes),
+                args=(
+                    index,
+                    partial[index],
+                    results,
+                    with_accounting,
+                    with_processes,
+                    None if samples_since_us is None else samples_since_us.get(index, 0),
+                ),
                 name=f"nvml-gpu{index}",
                 daemon=True,
             )
@@ -131,6 +144,7 @@ class NvmlBackend:
         results: list[GpuReading | None],
         with_accounting: bool,
         with_processes: bool,
+        samples_since_us: int | None = None,
     ) -> None:
         nv = self._nvml
         failed: list[str] = []
@@ -161,7 +175,7 @@ class NvmlBackend:
             fields["uuid"] = q("uuid", nv.nvmlDeviceGetUUID, handle)
             pci = q("pci", nv.nvmlDeviceGetPciInfo, handle)
             fields["pci_bus_id"] = pci.busId if pci is not None else None
-            reading = self._read_fields(handle, fields, q, with_accounting, with_processes)
+            reading = self._read_fields(handle, fields, q, with_accounting, with_processes, samples_since_us)
         except _GpuLost as exc:
             results[index] = GpuReading(
                 index=index,
@@ -185,7 +199,13 @@ class NvmlBackend:
         results[index] = GpuReading(index=index, failed_fields=tuple(failed), **reading)
 
     def _read_fields(
-        self, handle: Any, fields: dict[str, Any], q: Any, with_accounting: bool, with_processes: bool
+        self,
+        handle: Any,
+        fields: dict[str, Any],
+        q: Any,
+        with_accounting: bool,
+        with_processes: bool,
+        samples_since_us: int | None = None,
     ) -> dict[str, Any]:
         nv = self._nvml
         out: dict[str, Any] = {
@@ -262,6 +282,8 @@ class NvmlBackend:
                     )
                     for p in procs
                 )
+        if samples_since_us is not None:
+            out["utilization_samples"] = self._utilization_samples(handle, samples_since_us, q)
         if with_accounting and out["accounting_mode"]:
             out["accounting"] = self._accounting(handle, q)
         out["timestamp_epoch_seconds"] = time.time()
@@ -281,6 +303,19 @@ class NvmlBackend:
                 return None
         value = q("clock_event_reasons", nv.nvmlDeviceGetCurrentClocksThrottleReasons, handle)
         return None if value is None else int(value)
+
+    def _utilization_samples(self, handle: Any, since_us: int, q: Any) -> tuple[tuple[int, int], ...] | None:
+        """The driver's utilization history since `since_us` (NotFound: no sample since then)."""
+        nv = self._nvml
+        try:
+            _, samples = nv.nvmlDeviceGetSamples(handle, nv.NVML_GPU_UTILIZATION_SAMPLES, since_us)
+        except nv.NVMLError_NotFound:
+            return ()
+        except nv.NVMLError_NotSupported:
+            return None
+        return tuple(
+            (int(s.timeStamp), int(s.sampleValue.uiVal)) for s in samples if int(s.timeStamp) > since_us
+        )
 
     def _accounting(self, handle: Any, q: Any) -> tuple[AccountingStat, ...] | None:
         nv = self._nvml

@@ -78,6 +78,9 @@ class GpuReading:
     accounting_mode: bool | None = None
     processes: tuple[GpuProcess, ...] | None = None
     accounting: tuple[AccountingStat, ...] | None = None
+    # the driver's utilization samples since the asked-for time: (CPU timestamp in microseconds, percent busy over
+    # the sample period ending then), as nvmlDeviceGetSamples(NVML_GPU_UTILIZATION_SAMPLES) returns them
+    utilization_samples: tuple[tuple[int, int], ...] | None = None
     failed_fields: tuple[str, ...] = field(default=())
 
     @property

@@ -92,6 +92,13 @@ def _save_baselines(
     found, _ = reading.select(ctx.gpus)
     counts = xid_counts_by_minor(xids) if xids is not None else None
     baselines = [baseline_from(g, None if counts is None else counts.get(m, 0)) for m, g in found.items()]
+    meta = {
+        "user": ctx.user,
+        "account": ctx.account,
+        "partition": ctx.partition,
+        "gpus": list(ctx.gpus),
+        "start_epoch_seconds": min((b.taken_epoch_seconds for b in baselines), default=0.0),
+    }
     write_baselines(
-        spool_path(config.path("state_dir", ctx.node), ctx.cluster, ctx.node, ctx.job_id), baselines
+        spool_path(config.path("state_dir", ctx.node), ctx.cluster, ctx.node, ctx.job_id), baselines, meta
     )

@@ -24,12 +24,14 @@ def spool_path(state_dir: Path, cluster: str, node: str, job_id: int) -> Path:
     return state_dir / "spool" / f"{safe}.{job_id}.json"
 
 
-def write_baselines(path: Path, baselines: list[Baseline]) -> None:
+def write_baselines(path: Path, baselines: list[Baseline], meta: dict[str, object] | None = None) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"version": SPOOL_VERSION, "baselines": [asdict(b) for b in baselines]}, f)
+        json.dump(
+            {"version": SPOOL_VERSION, "baselines": [asdict(b) for b in baselines], "job": meta or {}}, f
+        )
     os.replace(tmp, path)
 
 
@@ -43,6 +45,17 @@ def read_baselines(path: Path) -> dict[int, Baseline] | None:
     if data.get("version") != SPOOL_VERSION:
         raise ValueError(f"{path}: spool version {data.get('version')!r} is not {SPOOL_VERSION}")
     return {b["minor"]: Baseline(**b) for b in data["baselines"]}
+
+
+def read_job_meta(path: Path) -> dict[str, object] | None:
+    """The job metadata the prolog wrote (user, account, partition, GPUs, start), for the node agent."""
+    try:
+        with path.open() as f:
+            data = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+    meta = data.get("job")
+    return meta if isinstance(meta, dict) else None
 
 
 def remove(path: Path) -> None:

@@ -50,6 +50,13 @@ NVML_VOLATILE_ECC = 0
 NVML_AGGREGATE_ECC = 1
 NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS = 0
 NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR = 1
+NVML_TOTAL_POWER_SAMPLES = 0
+NVML_GPU_UTILIZATION_SAMPLES = 1
+NVML_VALUE_TYPE_UNSIGNED_INT = 1
+
+# The driver samples utilization every 1/6 s on data-center GPUs and keeps a ring buffer of recent samples.
+SAMPLE_PERIOD_SECONDS = 1 / 6
+SAMPLE_BUFFER = 120
 
 nvmlClocksEventReasonGpuIdle = 0x0000000000000001
 nvmlClocksEventReasonSwPowerCap = 0x0000000000000004
@@ -386,6 +393,28 @@ def make_module(sim: SimNode) -> ModuleType:
             isRunning=1 if running else 0,
             reserved=[0] * 5,
         )
+
+    def nvmlDeviceGetSamples(
+        handle: _Handle, sampling_type: int, timeStamp: int
+    ) -> tuple[int, list[SimpleNamespace]]:
+        """Utilization samples newer than `timeStamp` (microseconds): each is the percent of time the GPU was busy
+        over the sample period ending at its timestamp. NotFound when there is none, like the driver."""
+        _, gpu, now, _ = _now_load(handle)
+        if sampling_type != NVML_GPU_UTILIZATION_SAMPLES:
+            _raise(NVML_ERROR_NOT_SUPPORTED)
+        period = SAMPLE_PERIOD_SECONDS
+        last = int(now / period)
+        first = max(last - SAMPLE_BUFFER + 1, int(timeStamp / 1e6 / period) + 1)
+        samples = []
+        for k in range(first, last + 1):
+            end = k * period
+            busy = physics.utilization_seconds(gpu["segments"], end - period, end) / period
+            samples.append(
+                SimpleNamespace(timeStamp=int(end * 1e6), sampleValue=SimpleNamespace(uiVal=round(busy)))
+            )
+        if not samples:
+            _raise(NVML_ERROR_NOT_FOUND)
+        return NVML_VALUE_TYPE_UNSIGNED_INT, samples
 
     def nvmlDeviceGetComputeRunningProcesses(handle: _Handle) -> list[SimpleNamespace]:
         _, gpu, now, _ = _now_load(handle)

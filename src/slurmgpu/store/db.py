@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from slurmgpu.collection.aggregate import JobGpuAggregate
 from slurmgpu.errors import NotFoundError, StoreError
 from slurmgpu.health.results import CheckResult
 from slurmgpu.slurm.env import JobContext
@@ -208,6 +209,37 @@ class Store:
         )
         row = cur.fetchone()
         return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
+
+    def save_aggregates(self, cluster: str, aggregates: list[JobGpuAggregate], now: float) -> None:
+        with self.transaction() as c:
+            c.executemany(
+                """INSERT OR REPLACE INTO agent_aggregates (cluster, job_id, node, minor, updated_epoch, aggregate_json)
+                   VALUES (?, ?, ?, ?, ?, ?)""",
+                [
+                    (cluster, a.job_id, a.node, a.minor, now, json.dumps(a.to_json(), separators=(",", ":")))
+                    for a in aggregates
+                ],
+            )
+
+    def load_aggregates(
+        self, cluster: str, node: str, job_ids: list[int] | None = None
+    ) -> list[JobGpuAggregate]:
+        sql = "SELECT aggregate_json FROM agent_aggregates WHERE cluster = ? AND node = ?"
+        args: list[Any] = [cluster, node]
+        if job_ids is not None:
+            if not job_ids:
+                return []
+            sql += f" AND job_id IN ({', '.join('?' for _ in job_ids)})"
+            args += job_ids
+        return [JobGpuAggregate.from_json(json.loads(r[0])) for r in self.conn.execute(sql, args).fetchall()]
+
+    def job_aggregates(self, cluster: str, job_id: int) -> list[JobGpuAggregate]:
+        rows = self.conn.execute(
+            "SELECT aggregate_json FROM agent_aggregates WHERE cluster = ? AND job_id = ? "
+            "ORDER BY node, minor",
+            (cluster, job_id),
+        ).fetchall()
+        return [JobGpuAggregate.from_json(json.loads(r[0])) for r in rows]
 
     def usage_recorded(self, cluster: str, job_id: int, node: str) -> bool:
         row = self.conn.execute(

@@ -129,7 +129,23 @@ def _m2_health_results(db: Any) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_m1_initial, _m2_health_results]
+def _m3_agent_aggregates(db: Any) -> None:
+    """The node agent's per-job, per-GPU aggregates and downsampled series (checkpoints, then the job's record)."""
+    db["agent_aggregates"].create(
+        {
+            "cluster": str,
+            "job_id": int,
+            "node": str,
+            "minor": int,
+            "updated_epoch": float,
+            "aggregate_json": str,
+        },
+        pk=KEY,
+        not_null={"cluster", "job_id", "node", "minor", "updated_epoch", "aggregate_json"},
+    )
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_m1_initial, _m2_health_results, _m3_agent_aggregates]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
