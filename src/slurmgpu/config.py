@@ -65,6 +65,15 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class AgentConfig:
+    """The node agent (`slurmgpu agent`)."""
+
+    interval_seconds: float = 10.0
+    checkpoint_every: int = 6  # rounds between checkpoints to the store (what a crash can lose, energy aside)
+    listen: str = "127.0.0.1:9810"  # Prometheus /metrics; loopback unless the site opens it on purpose
+
+
+@dataclass(frozen=True)
 class SimulatorConfig:
     state_dir: str = "/var/lib/slurmgpu/sim"
     gpus_per_node: int = 4
@@ -87,6 +96,7 @@ class Config:
     thresholds: ThresholdsConfig = ThresholdsConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     health: HealthConfig = HealthConfig()
+    agent: AgentConfig = AgentConfig()
     source: str = "(defaults)"
 
     def path(self, key: str, node: str = "") -> Path:
@@ -132,6 +142,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         "thresholds": ThresholdsConfig,
         "simulator": SimulatorConfig,
         "health": HealthConfig,
+        "agent": AgentConfig,
     }
     top: dict[str, Any] = {}
     for key, value in data.items():
@@ -225,6 +236,14 @@ def _check_ranges(config: Any, name: str, source: str) -> None:
             raise ConfigError(
                 f"config file {source}: {name}.temperature_warn_celsius exceeds the fail threshold"
             )
+    if isinstance(config, AgentConfig):
+        if not 0.1 <= config.interval_seconds <= 3600 or config.checkpoint_every < 1:
+            raise ConfigError(f"config file {source}: {name}.interval_seconds/checkpoint_every out of range")
+        host, _, port = config.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(
+                f"config file {source}: {name}.listen must be HOST:PORT (got {config.listen!r})"
+            )
     if isinstance(config, SimulatorConfig):
         if not 1 <= config.gpus_per_node <= 64:
             raise ConfigError(f"config file {source}: {name}.gpus_per_node must be within 1..64")
@@ -246,7 +265,7 @@ def render_config(config: Config) -> str:
         f'backend = "{config.backend}"',
         f'cluster = "{config.cluster}"',
     ]
-    for section in ("paths", "thresholds", "health", "simulator"):
+    for section in ("paths", "thresholds", "health", "agent", "simulator"):
         lines.append(f"\n[{section}]")
         obj = getattr(config, section)
         for f in fields(obj):

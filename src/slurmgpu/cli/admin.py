@@ -122,3 +122,74 @@ def resume(node_names: tuple[str, ...], force: bool) -> None:
         click.echo(f"refused: {line}", err=True)
     if refused:
         raise SystemExit(1)
+
+
+@click.command()
+@click.option("--node", default=None, help="Node name (default: SLURMD_NODENAME or this host's short name).")
+@click.option("--interval", type=click.FloatRange(0.1, 3600), default=None, help="Seconds between rounds.")
+@click.option("--listen", default=None, help="HOST:PORT for Prometheus /metrics ([agent] listen).")
+@click.option("--once", is_flag=True, help="One round, a checkpoint, a JSON summary; no server.")
+@handle_errors
+def agent(node: str | None, interval: float | None, listen: str | None, once: bool) -> None:
+    """The node agent: per-job GPU aggregates, XID watch, Prometheus exporter. One per node (a systemd unit).
+
+    Example:
+
+        slurmgpu agent --node gpu007 --listen 127.0.0.1:9810
+    """
+    import dataclasses
+    import signal
+    import threading
+
+    from slurmgpu.agent.loop import Agent
+    from slurmgpu.health.service import local_node
+
+    config = load_cli_config()
+    if interval is not None:
+        config = dataclasses.replace(
+            config, agent=dataclasses.replace(config.agent, interval_seconds=interval)
+        )
+    if listen is not None:
+        config = dataclasses.replace(config, agent=dataclasses.replace(config.agent, listen=listen))
+    the_agent = Agent(config, local_node(node))
+    restored = the_agent.restore()
+    if once:
+        snap = the_agent.round()
+        the_agent.checkpoint()
+        click.echo(
+            json.dumps(
+                {
+                    "node": the_agent.node,
+                    "restored": restored,
+                    "gpus": len(snap.reading.gpus) if snap.reading else 0,
+                    "jobs": sorted(snap.jobs),
+                    "success": snap.success,
+                    "round_seconds": snap.round_seconds,
+                }
+            )
+        )
+        return
+    from prometheus_client import start_http_server
+    from prometheus_client.registry import CollectorRegistry
+
+    from slurmgpu.agent.exporter import AgentCollector
+    from slurmgpu.errors import InputError
+
+    registry = CollectorRegistry()
+    registry.register(AgentCollector(the_agent.node, lambda: the_agent.snapshot))
+    host, _, port = config.agent.listen.rpartition(":")
+    if not port.isdigit():
+        raise InputError(f"--listen must be HOST:PORT (got {config.agent.listen!r})")
+    try:
+        start_http_server(int(port), addr=host, registry=registry)
+    except OSError as exc:
+        raise InputError(f"cannot listen on {config.agent.listen}: {exc.strerror}") from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    the_agent.log(
+        "info",
+        f"agent for {the_agent.node} on {config.agent.listen}, every "
+        f"{config.agent.interval_seconds:g} s; resumed {restored} aggregate(s)",
+    )
+    the_agent.run_forever(stop)

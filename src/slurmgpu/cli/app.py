@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from slurmgpu import __version__
-from slurmgpu.cli.admin import drain, health, nodes, resume
+from slurmgpu.cli.admin import agent, drain, health, nodes, resume
 from slurmgpu.cli.common import handle_errors, load_cli_config
 from slurmgpu.cli.sim import sim
 
@@ -93,5 +93,5 @@ def hook_epilog() -> None:
 
 
 cli.add_command(sim)
-for command in (health, nodes, drain, resume):
+for command in (health, nodes, drain, resume, agent):
     cli.add_command(command)

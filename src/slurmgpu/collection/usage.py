@@ -7,6 +7,7 @@ the part of its life inside the window (GPUs are allocated exclusively, so every
 
 from __future__ import annotations
 
+from slurmgpu.collection.aggregate import JobGpuAggregate
 from slurmgpu.gpu.types import AccountingStat, GpuReading
 from slurmgpu.store.records import Baseline, JobGpuUsage
 
@@ -43,7 +44,11 @@ def job_window_stats(
     return min(100.0, util_s / duration), util_max, peak, min(100.0, mem_util_s / duration)
 
 
-def gpu_usage(node: str, minor: int, final: GpuReading, baseline: Baseline | None) -> JobGpuUsage:
+def gpu_usage(
+    node: str, minor: int, final: GpuReading, baseline: Baseline | None, agent: JobGpuAggregate | None = None
+) -> JobGpuUsage:
+    """Energy from the counters; utilization from the agent's aggregate when it watched at least half the job
+    (driver samples, any process, accounting mode or not), else from NVML accounting stats."""
     start = baseline.taken_epoch_seconds if baseline else final.timestamp_epoch_seconds
     end = final.timestamp_epoch_seconds
     energy = None
@@ -61,6 +66,14 @@ def gpu_usage(node: str, minor: int, final: GpuReading, baseline: Baseline | Non
         mean = top = mem_util = None
         peak = None
         source = "none"
+    if (
+        agent is not None
+        and agent.covered_seconds >= 0.5 * max(end - start, 0.0)
+        and agent.covered_seconds > 0
+    ):
+        mean, top = agent.utilization_mean_pct, agent.utilization_max_pct
+        peak = max(peak or 0, agent.memory_peak_bytes)
+        source = "agent"
     return JobGpuUsage(
         node=node,
         minor=minor,

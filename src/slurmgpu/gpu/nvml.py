@@ -45,7 +45,7 @@ class NvmlBackend:
         *,
         with_accounting: bool = False,
         with_processes: bool = False,
-        samples_since_us: dict[int, int] | None = None,
+        samples_since_us: dict[int, int] | int | None = None,
     ) -> NodeReading:
         """Read every GPU of the node, each time-boxed, in parallel."""
         deadline = time.monotonic() + self._timeout
@@ -71,7 +71,13 @@ class NvmlBackend:
                     results,
                     with_accounting,
                     with_processes,
-                    None if samples_since_us is None else samples_since_us.get(index, 0),
+                    None
+                    if samples_since_us is None
+                    else (
+                        samples_since_us
+                        if isinstance(samples_since_us, int)
+                        else samples_since_us.get(index, 0)
+                    ),
                 ),
                 name=f"nvml-gpu{index}",
                 daemon=True,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
+from slurmgpu.collection.aggregate import update
 from slurmgpu.collection.usage import gpu_usage
 from slurmgpu.config import Config
 from slurmgpu.gpu.backend import open_backend
@@ -39,13 +40,23 @@ def epilog(config: Config, env: Mapping[str, str], log: HookLog) -> int:
                     # failed and drained the node. The job never used these GPUs: nothing to record.
                     log("warning", f"job {ctx.job_id}: no prolog baseline on {ctx.node}: nothing recorded")
                 return EXIT_OK
-            reading = open_backend(config, ctx.node).read_node(with_accounting=True)
+            aggs = {a.minor: a for a in store.load_aggregates(ctx.cluster, ctx.node, [ctx.job_id])}
+            since = min((a.last_sample_us for a in aggs.values()), default=None)
+            reading = open_backend(config, ctx.node).read_node(with_accounting=True, samples_since_us=since)
             if reading.error:
                 log("warning", f"job {ctx.job_id}: no final GPU reading: {reading.error}")
             found, missing = reading.select(tuple(sorted(baselines)))
             for minor in missing:
                 log("warning", f"job {ctx.job_id}: gpu{minor} not readable at job end")
-            usage = [gpu_usage(ctx.node, m, gpu, baselines[m]) for m, gpu in sorted(found.items()) if gpu.ok]
+            # the agent's aggregate, brought up to the end of the job with the driver's latest samples
+            final_aggs = {m: update(aggs[m], gpu) for m, gpu in found.items() if m in aggs and gpu.ok}
+            usage = [
+                gpu_usage(ctx.node, m, gpu, baselines[m], final_aggs.get(m))
+                for m, gpu in sorted(found.items())
+                if gpu.ok
+            ]
+            if final_aggs:
+                store.save_aggregates(ctx.cluster, list(final_aggs.values()), time.time())
             store.save_job(ctx, list(baselines.values()), usage, time.time())
         finally:
             store.close()

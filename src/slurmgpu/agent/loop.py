@@ -1,0 +1,219 @@
+"""The node agent: samples all GPUs of its node once per round, attributes each GPU to the job that owns it (the
+prolog's owner files), keeps per-job aggregates, checkpoints them to the node store, and watches the kernel log for
+XIDs during jobs. One agent per node name (several slurmd may share a host).
+
+Crash safety: aggregates are checkpointed every `checkpoint_every` rounds; a restarted agent resumes the running
+jobs' aggregates from the store and, because utilization comes from the driver's sample buffer (about 20 s deep),
+re-reads what happened while it was down up to that depth. Energy never depends on the agent (counter deltas).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slurmgpu.collection.aggregate import JobGpuAggregate, start, update
+from slurmgpu.config import Config
+from slurmgpu.gpu.backend import open_backend
+from slurmgpu.gpu.types import NodeReading
+from slurmgpu.health.checks import XidEvent, check_xids
+from slurmgpu.hooks import owners
+from slurmgpu.hooks.spool import read_baselines, read_job_meta, spool_path
+from slurmgpu.log import HookLog
+from slurmgpu.slurm.env import cluster_name
+from slurmgpu.store.db import Store
+
+# How far back a fresh aggregate (or a restarted agent) reads the driver's utilization buffer.
+SAMPLE_BUFFER_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: int
+    user: str
+    account: str
+    partition: str
+    start_epoch_seconds: float
+    energy_baseline_joules: dict[int, float] = field(default_factory=dict)  # minor -> counter at job start
+
+
+@dataclass
+class Snapshot:
+    """What the exporter serves: the latest round, read at scrape time."""
+
+    reading: NodeReading | None = None
+    owners: dict[int, list[int]] = field(default_factory=dict)
+    jobs: dict[int, JobInfo] = field(default_factory=dict)
+    xid_counts: dict[int, int] = field(default_factory=dict)
+    success: dict[str, bool] = field(default_factory=dict)
+    round_seconds: float = 0.0
+
+
+class Agent:
+    def __init__(self, config: Config, node: str, *, log: HookLog | None = None) -> None:
+        self.config = config
+        self.node = node
+        self.cluster = cluster_name(config.cluster, config.paths.slurm_conf)
+        self.log = log or HookLog(config.path("log_file", node), "agent", to_stderr=True)
+        self.backend = open_backend(config, node)
+        self.aggregates: dict[tuple[int, int], JobGpuAggregate] = {}
+        self.jobs: dict[int, JobInfo] = {}
+        self.snapshot = Snapshot()
+        self.rounds = 0
+        self._xid_seen: int | None = None  # XIDs in the kernel log when the agent started watching
+        self._lock = threading.Lock()
+
+    # -- state ---------------------------------------------------------------------------------------------------
+
+    def restore(self) -> int:
+        """Resume the aggregates of jobs that still own GPUs here (after a restart). Returns how many."""
+        running = sorted({j for jobs in owners.owners(self._run_dir()).values() for j in jobs})
+        store = Store.open(self.config.path("database", self.node))
+        try:
+            for agg in store.load_aggregates(self.cluster, self.node, running):
+                self.aggregates[(agg.job_id, agg.minor)] = agg
+        finally:
+            store.close()
+        return len(self.aggregates)
+
+    def checkpoint(self) -> None:
+        with self._lock:
+            aggs = list(self.aggregates.values())
+        if not aggs:
+            return
+        store = Store.open(self.config.path("database", self.node))
+        try:
+            store.save_aggregates(self.cluster, aggs, time.time())
+        finally:
+            store.close()
+
+    def _run_dir(self) -> Path:
+        return self.config.path("run_dir", self.node)
+
+    def _job(self, job_id: int) -> JobInfo | None:
+        if job_id in self.jobs:
+            return self.jobs[job_id]
+        path = spool_path(self.config.path("state_dir", self.node), self.cluster, self.node, job_id)
+        meta = read_job_meta(path)
+        if meta is None:
+            return None  # the prolog has not finished (or the job is not ours): next round
+        baselines = read_baselines(path) or {}
+        info = JobInfo(
+            job_id,
+            str(meta.get("user", "")),
+            str(meta.get("account", "")),
+            str(meta.get("partition", "")),
+            float(meta.get("start_epoch_seconds", 0.0) or 0.0),  # type: ignore[arg-type]
+            {m: b.energy_joules for m, b in baselines.items() if b.energy_joules is not None},
+        )
+        self.jobs[job_id] = info
+        return info
+
+    # -- one round -----------------------------------------------------------------------------------------------
+
+    def round(self) -> Snapshot:
+        began = time.monotonic()
+        success: dict[str, bool] = {}
+        try:
+            owned = owners.owners(self._run_dir())
+            success["owners"] = True
+        except OSError as exc:
+            self.log("warning", f"owner files unreadable: {exc}")
+            owned, success["owners"] = {}, False
+        by_minor = (
+            {}
+            if self.snapshot.reading is None
+            else {g.minor: g.index for g in self.snapshot.reading.gpus if g.minor is not None}
+        )
+        since: dict[int, int] = {}
+        floor_us = int((time.time() - SAMPLE_BUFFER_SECONDS) * 1e6)
+        for (_job, minor), agg in self.aggregates.items():
+            if minor in by_minor:
+                since[by_minor[minor]] = min(
+                    since.get(by_minor[minor], agg.last_sample_us), agg.last_sample_us
+                )
+        for index in by_minor.values():
+            since.setdefault(index, floor_us)
+        reading = self.backend.read_node(samples_since_us=since if by_minor else floor_us)
+        success["nvml"] = reading.error is None
+        jobs_now: dict[int, JobInfo] = {}
+        with self._lock:
+            for gpu in reading.gpus:
+                if gpu.minor is None or not gpu.ok:
+                    continue
+                for job_id in owned.get(gpu.minor, []):
+                    info = self._job(job_id)
+                    if info is None:
+                        continue
+                    jobs_now[job_id] = info
+                    key = (job_id, gpu.minor)
+                    agg = self.aggregates.get(key) or start(
+                        job_id, self.node, gpu.minor, info.start_epoch_seconds
+                    )
+                    self.aggregates[key] = update(agg, gpu)
+            finished = [k for k in self.aggregates if k[0] not in jobs_now]
+        if finished:
+            self.checkpoint()  # the epilog reads the last state; then we forget the job
+            with self._lock:
+                for key in finished:
+                    self.aggregates.pop(key, None)
+                    self.jobs.pop(key[0], None)
+        success["xid"], xid_counts = self._watch_xids(reading, owned)
+        self.rounds += 1
+        if self.rounds % self.config.agent.checkpoint_every == 0:
+            try:
+                self.checkpoint()
+                success["store"] = True
+            except Exception as exc:
+                success["store"] = False
+                self.log("error", f"checkpoint failed: {exc}")
+        self.snapshot = Snapshot(reading, owned, jobs_now, xid_counts, success, time.monotonic() - began)
+        return self.snapshot
+
+    def _watch_xids(self, reading: NodeReading, owned: dict[int, list[int]]) -> tuple[bool, dict[int, int]]:
+        """New XIDs since the agent started: recorded against the job owning the GPU; a drain-class one drains the
+        node (running jobs finish, no new ones start), through the same policy and circuit breaker as the hooks."""
+        from slurmgpu.health.xid_source import all_xids, xid_counts_by_minor
+
+        try:
+            events = all_xids(self.config, self.node, reading)
+        except OSError as exc:
+            self.log("warning", f"kernel log unreadable: {exc}")
+            return False, {}
+        if self._xid_seen is None or self._xid_seen > len(events):
+            self._xid_seen = len(events)
+        new: list[XidEvent] = events[self._xid_seen :]
+        self._xid_seen = len(events)
+        for event in new:
+            results = check_xids([event], self.config.health)
+            jobs = owned.get(event.minor, []) if event.minor is not None else []
+            job_id = jobs[0] if jobs else None
+            self.log("warning", f"XID {event.code} on gpu{event.minor} (job {job_id})")
+            if results:
+                from slurmgpu.health.remediation import remediate
+
+                remediate(
+                    self.config,
+                    cluster=self.cluster,
+                    node=self.node,
+                    source="agent",
+                    job_id=job_id,
+                    results=results,
+                    reading=reading,
+                    log=self.log,
+                )
+        return True, xid_counts_by_minor(events)
+
+    def run_forever(self, stop: threading.Event) -> None:
+        interval = self.config.agent.interval_seconds
+        next_round = time.monotonic()
+        while not stop.is_set():
+            try:
+                self.round()
+            except Exception as exc:
+                self.log("error", f"round failed: {type(exc).__name__}: {exc}")
+            next_round += interval
+            stop.wait(max(0.0, next_round - time.monotonic()))
+        self.checkpoint()
