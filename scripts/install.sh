@@ -5,7 +5,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 prefix=${SLURMGPU_PREFIX:-/opt/slurmgpu}
-packages=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server python3 python3-venv shellcheck)
+packages=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server prometheus python3 python3-venv shellcheck)
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "scripts/install.sh: run as root (it installs Debian packages and starts a local Slurm)" >&2

@@ -25,8 +25,15 @@ def cli() -> None:
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--cluster", default="", help="Cluster name, when the store holds several.")
+@click.option(
+    "--plot",
+    "plot_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also draw utilization, memory and power over time to this PNG/SVG/PDF (needs matplotlib).",
+)
 @handle_errors
-def job(job_id: str, as_json: bool, cluster: str) -> None:
+def job(job_id: str, as_json: bool, cluster: str, plot_file: str | None) -> None:
     """GPU efficiency of one job: utilization, memory and energy per GPU, totals, hints.
 
     JOB_ID is a job id (123), an array task (123_4) or a heterogeneous job component (123+1).
@@ -40,6 +47,13 @@ def job(job_id: str, as_json: bool, cluster: str) -> None:
 
     summary = job_summary(load_cli_config(), job_id, cluster)
     click.echo(render_json(summary) if as_json else render_table(summary), nl=False)
+    if plot_file:
+        from pathlib import Path
+
+        from slurmgpu.reports.plot import plot_job
+
+        n = plot_job(summary, Path(plot_file))
+        click.echo(f"wrote {plot_file} ({n} GPU(s))", err=True)
 
 
 @cli.group()

@@ -42,6 +42,7 @@ def job_summary(config: Config, text: str, cluster: str = "") -> JobSummary:
             # Array tasks and het components: Slurm knows the raw id even when the prolog env did not say it.
             found_cluster, raw = store.resolve_job(parse_job_id(str(sacct.job_id_raw)), cluster)
         record = store.job(found_cluster, raw)
+        aggregates = store.job_aggregates(found_cluster, raw)
     except NotFoundError:
         if sacct is not None and sacct.state in ("RUNNING", "PENDING", "COMPLETING", "SUSPENDED", "REQUEUED"):
             raise NotFoundError(
@@ -58,4 +59,4 @@ def job_summary(config: Config, text: str, cluster: str = "") -> JobSummary:
     assert record is not None
     if sacct is not None and sacct.job_id_raw != raw:
         sacct = None  # the id matched another job in Slurm's numbering; do not mix them
-    return summarize(record, sacct, config.thresholds, slurm_error)
+    return summarize(record, sacct, config.thresholds, slurm_error, aggregates)

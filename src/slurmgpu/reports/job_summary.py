@@ -8,8 +8,10 @@ energy = sum of counter deltas; average power = energy / elapsed. The hours are 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from slurmgpu.collection.aggregate import JobGpuAggregate
 from slurmgpu.config import ThresholdsConfig
 from slurmgpu.slurm.commands import SacctJob
 from slurmgpu.store.records import JobGpuUsage, JobRecord
@@ -33,6 +35,8 @@ class GpuRow:
     average_power_watts: float | None
     idle: bool | None
     source: str
+    # the node agent's downsampled series: (epoch seconds, utilization pct, memory used bytes, power watts)
+    series: tuple[tuple[float, float, int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class JobSummary:
     slurm_error: str | None = None
 
 
-def _row(u: JobGpuUsage, idle_pct: float) -> GpuRow:
+def _row(u: JobGpuUsage, idle_pct: float, series: tuple[tuple[float, float, int, float], ...] = ()) -> GpuRow:
     elapsed = u.elapsed_seconds
     power = u.energy_joules / elapsed if u.energy_joules is not None and elapsed > 0 else None
     return GpuRow(
@@ -80,14 +84,27 @@ def _row(u: JobGpuUsage, idle_pct: float) -> GpuRow:
         average_power_watts=power,
         idle=None if u.utilization_mean_pct is None else u.utilization_mean_pct < idle_pct,
         source=u.source,
+        series=series,
     )
 
 
 def summarize(
-    record: JobRecord, sacct: SacctJob | None, thresholds: ThresholdsConfig, slurm_error: str | None = None
+    record: JobRecord,
+    sacct: SacctJob | None,
+    thresholds: ThresholdsConfig,
+    slurm_error: str | None = None,
+    aggregates: Sequence[JobGpuAggregate] = (),
 ) -> JobSummary:
     meta = record.meta
-    rows = tuple(_row(u, thresholds.idle_utilization_pct) for u in record.gpus)
+    series = {
+        (a.node, a.minor): tuple(
+            (p.t_epoch_seconds, p.utilization_pct, p.memory_used_bytes, p.power_watts) for p in a.series
+        )
+        for a in aggregates
+    }
+    rows = tuple(
+        _row(u, thresholds.idle_utilization_pct, series.get((u.node, u.minor), ())) for u in record.gpus
+    )
     hours = [r.elapsed_seconds / 3600.0 for r in rows]
     allocated = sum(hours)
     known = [

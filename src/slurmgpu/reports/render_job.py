@@ -79,10 +79,31 @@ def render_table(s: JobSummary) -> str:
             else f" (average power {s.average_power_watts:.0f} W, all GPUs)"
         )
     )
+    spark = [(f"{r.node}:gpu{r.minor}", sparkline([p[1] for p in r.series])) for r in s.gpus if r.series]
+    if spark:
+        lines.append("Utilization over the job (node agent):")
+        width = max(len(name) for name, _ in spark)
+        lines += [f"  {name:<{width}}  {line}" for name, line in spark]
     if s.hints:
         lines.append("Hints:")
         lines += [f"  - {h}" for h in s.hints]
     return "\n".join(lines) + "\n"
+
+
+BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 60) -> str:
+    """0-100 values as one line of block characters, averaged down to `width` columns."""
+    if not values:
+        return ""
+    if len(values) > width:
+        step = len(values) / width
+        values = [
+            sum(values[int(i * step) : int((i + 1) * step)]) / max(1, int((i + 1) * step) - int(i * step))
+            for i in range(width)
+        ]
+    return "".join(BLOCKS[min(8, max(0, round(v / 100 * 8)))] for v in values)
 
 
 def render_json(s: JobSummary) -> str:
