@@ -32,6 +32,9 @@ SAMPLE_BUFFER_SECONDS = 20.0
 @dataclass(frozen=True)
 class JobInfo:
     job_id: int
+    cluster: (
+        str  # as the hooks saw it (slurmd's SLURM_CLUSTER_NAME): the key the epilog looks aggregates up by
+    )
     user: str
     account: str
     partition: str
@@ -70,10 +73,13 @@ class Agent:
     def restore(self) -> int:
         """Resume the aggregates of jobs that still own GPUs here (after a restart). Returns how many."""
         running = sorted({j for jobs in owners.owners(self._run_dir()).values() for j in jobs})
+        infos = [info for info in (self._job(j) for j in running) if info is not None]
         store = Store.open(self.config.path("database", self.node))
         try:
-            for agg in store.load_aggregates(self.cluster, self.node, running):
-                self.aggregates[(agg.job_id, agg.minor)] = agg
+            for cluster in sorted({i.cluster for i in infos}):
+                ids = [i.job_id for i in infos if i.cluster == cluster]
+                for agg in store.load_aggregates(cluster, self.node, ids):
+                    self.aggregates[(agg.job_id, agg.minor)] = agg
         finally:
             store.close()
         return len(self.aggregates)
@@ -85,9 +91,16 @@ class Agent:
             return
         store = Store.open(self.config.path("database", self.node))
         try:
-            store.save_aggregates(self.cluster, aggs, time.time())
+            for cluster in sorted({self._cluster_of(a.job_id) for a in aggs}):
+                store.save_aggregates(
+                    cluster, [a for a in aggs if self._cluster_of(a.job_id) == cluster], time.time()
+                )
         finally:
             store.close()
+
+    def _cluster_of(self, job_id: int) -> str:
+        info = self.jobs.get(job_id)
+        return info.cluster if info else self.cluster
 
     def _run_dir(self) -> Path:
         return self.config.path("run_dir", self.node)
@@ -96,12 +109,22 @@ class Agent:
         if job_id in self.jobs:
             return self.jobs[job_id]
         path = spool_path(self.config.path("state_dir", self.node), self.cluster, self.node, job_id)
+        if (
+            not path.exists()
+        ):  # the hooks' cluster name may differ from ours (no slurm.conf here): find it by node
+            found = (
+                sorted(path.parent.glob(f"*{path.name[path.name.index('.') :]}"))
+                if path.parent.is_dir()
+                else []
+            )
+            path = found[0] if found else path
         meta = read_job_meta(path)
         if meta is None:
             return None  # the prolog has not finished (or the job is not ours): next round
         baselines = read_baselines(path) or {}
         info = JobInfo(
             job_id,
+            str(meta.get("cluster", self.cluster)),
             str(meta.get("user", "")),
             str(meta.get("account", "")),
             str(meta.get("partition", "")),
@@ -196,7 +219,7 @@ class Agent:
 
                 remediate(
                     self.config,
-                    cluster=self.cluster,
+                    cluster=self._cluster_of(job_id) if job_id is not None else self.cluster,
                     node=self.node,
                     source="agent",
                     job_id=job_id,

@@ -10,9 +10,12 @@ tests and demos), so this exact code runs against both. Rules it keeps:
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from queue import SimpleQueue
 from types import ModuleType
 from typing import Any
 
@@ -23,6 +26,29 @@ _INIT_LOCK = threading.Lock()
 
 class _GpuLost(Exception):
     pass
+
+
+class _Worker:
+    """A daemon thread that runs submitted calls in order. Kept across rounds (the agent reads every few seconds;
+    a thread per call per GPU would cost more than the NVML calls). A worker stuck in a hung NVML call is
+    abandoned by its owner and replaced; being a daemon, it never holds up the process's exit."""
+
+    def __init__(self, name: str) -> None:
+        self._tasks: SimpleQueue[tuple[Callable[[], None], threading.Event]] = SimpleQueue()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def submit(self, fn: Callable[[], None]) -> threading.Event:
+        done = threading.Event()
+        self._tasks.put((fn, done))
+        return done
+
+    def _run(self) -> None:
+        while True:
+            fn, done = self._tasks.get()
+            try:
+                fn()
+            finally:
+                done.set()
 
 
 def load_pynvml() -> ModuleType:
@@ -39,6 +65,7 @@ class NvmlBackend:
         self._nvml = nvml if nvml is not None else load_pynvml()
         self._timeout = timeout_seconds
         self._initialised = False
+        self._workers: dict[str, _Worker] = {}
 
     def read_node(
         self,
@@ -61,31 +88,22 @@ class NvmlBackend:
         count = int(count_box["n"])
         partial: list[dict[str, Any]] = [{} for _ in range(count)]
         results: list[GpuReading | None] = [None] * count
-        threads = []
+        done = []
         for index in range(count):
-            t = threading.Thread(
-                target=self._read_into,
-                args=(
-                    index,
-                    partial[index],
-                    results,
-                    with_accounting,
-                    with_processes,
-                    None
-                    if samples_since_us is None
-                    else (
-                        samples_since_us
-                        if isinstance(samples_since_us, int)
-                        else samples_since_us.get(index, 0)
-                    ),
-                ),
-                name=f"nvml-gpu{index}",
-                daemon=True,
+            since = (
+                None
+                if samples_since_us is None
+                else (
+                    samples_since_us if isinstance(samples_since_us, int) else samples_since_us.get(index, 0)
+                )
             )
-            t.start()
-            threads.append(t)
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+            task = functools.partial(
+                self._read_into, index, partial[index], results, with_accounting, with_processes, since
+            )
+            done.append(self._worker(f"gpu{index}").submit(task))
+        for index, event in enumerate(done):
+            if not event.wait(max(0.0, deadline - time.monotonic())):
+                self._workers.pop(f"gpu{index}", None)  # stuck in NVML: abandon it, a fresh worker next time
         gpus = []
         for index, result in enumerate(results):
             if result is None:  # still blocked in NVML: keep what it had read so far (often the minor number)
@@ -118,8 +136,14 @@ class NvmlBackend:
             self._optional(self._nvml.nvmlShutdown)
             self._initialised = False
 
+    def _worker(self, name: str) -> _Worker:
+        worker = self._workers.get(name)
+        if worker is None:
+            worker = self._workers[name] = _Worker(f"nvml-{name}")
+        return worker
+
     def _call_boxed(self, fn: Any, deadline: float) -> str | None:
-        """Run fn on a daemon thread; return an error text, or None when it returned in time."""
+        """Run fn on the control worker; return an error text, or None when it returned in time."""
         box: dict[str, BaseException] = {}
 
         def target() -> None:
@@ -128,10 +152,8 @@ class NvmlBackend:
             except BaseException as exc:
                 box["error"] = exc
 
-        t = threading.Thread(target=target, daemon=True)
-        t.start()
-        t.join(max(0.0, deadline - time.monotonic()))
-        if t.is_alive():
+        if not self._worker("control").submit(target).wait(max(0.0, deadline - time.monotonic())):
+            self._workers.pop("control", None)
             return f"no answer from NVML within {self._timeout:g} s"
         if "error" in box:
             return f"{type(box['error']).__name__}: {box['error']}"

@@ -93,6 +93,7 @@ def _save_baselines(
     counts = xid_counts_by_minor(xids) if xids is not None else None
     baselines = [baseline_from(g, None if counts is None else counts.get(m, 0)) for m, g in found.items()]
     meta = {
+        "cluster": ctx.cluster,
         "user": ctx.user,
         "account": ctx.account,
         "partition": ctx.partition,

@@ -1,0 +1,162 @@
+"""Agent cost: CPU time of one sampling round on 8 simulated GPUs against the raw pynvml-level calls it makes,
+same run; its resident memory; and the time of a /metrics scrape (issue 4: round <= 1.2x the raw calls,
+RSS <= 40 MiB, scrape time reported).
+
+The raw baseline makes exactly the NVML calls one round makes (every field of every GPU plus the utilization
+samples), straight on the pynvml-shaped module, with no threads, no attribution, no aggregation: the floor any
+agent built on NVML pays. Both run in this process, interleaved, on the same simulated node.
+
+    /opt/slurmgpu/bin/python bench/agent_bench.py [--rounds 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from slurmgpu.agent.loop import Agent
+from slurmgpu.config import load_config
+from slurmgpu.log import HookLog
+from slurmgpu.sim import control
+from slurmgpu.sim.fake_pynvml import make_module
+from slurmgpu.sim.state import SimNode
+
+
+def raw_round(nv, count: int, since_us: int) -> None:  # type: ignore[no-untyped-def]
+    """The calls the gateway makes for one GPU reading, for every GPU, without anything around them."""
+    for i in range(count):
+        h = nv.nvmlDeviceGetHandleByIndex(i)
+        nv.nvmlDeviceGetMinorNumber(h)
+        nv.nvmlDeviceGetUUID(h)
+        nv.nvmlDeviceGetPciInfo(h)
+        nv.nvmlDeviceGetName(h)
+        nv.nvmlDeviceGetMemoryInfo(h)
+        nv.nvmlDeviceGetUtilizationRates(h)
+        nv.nvmlDeviceGetPowerUsage(h)
+        nv.nvmlDeviceGetEnforcedPowerLimit(h)
+        nv.nvmlDeviceGetTotalEnergyConsumption(h)
+        nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)
+        nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)
+        nv.nvmlDeviceGetCurrentClocksEventReasons(h)
+        for kind in (0, 1):
+            for counter in (0, 1):
+                nv.nvmlDeviceGetTotalEccErrors(h, kind, counter)
+        with contextlib.suppress(nv.NVMLError_NotSupported):  # page retirement: Volta and older only
+            nv.nvmlDeviceGetRetiredPages(h, 0)
+        with contextlib.suppress(nv.NVMLError_NotSupported):
+            nv.nvmlDeviceGetRetiredPages(h, 1)
+        with contextlib.suppress(nv.NVMLError_NotSupported):
+            nv.nvmlDeviceGetRetiredPagesPendingStatus(h)
+        nv.nvmlDeviceGetRemappedRows(h)
+        nv.nvmlDeviceGetCurrPcieLinkGeneration(h)
+        nv.nvmlDeviceGetMaxPcieLinkGeneration(h)
+        nv.nvmlDeviceGetCurrPcieLinkWidth(h)
+        nv.nvmlDeviceGetMaxPcieLinkWidth(h)
+        nv.nvmlDeviceGetPersistenceMode(h)
+        nv.nvmlDeviceGetAccountingMode(h)
+        with contextlib.suppress(nv.NVMLError_NotFound):
+            nv.nvmlDeviceGetSamples(h, nv.NVML_GPU_UTILIZATION_SAMPLES, since_us)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        cfg = root / "slurmgpu.toml"
+        cfg.write_text(f"""backend = "simulated"
+[paths]
+state_dir = "{root}/state"
+run_dir = "{root}/run/{{node}}"
+database = "{root}/state/slurmgpu.db"
+log_file = "{root}/state/slurmgpu.log"
+[agent]
+checkpoint_every = 1000000
+[simulator]
+state_dir = "{root}/sim"
+gpus_per_node = 8
+""")
+        config = load_config(cfg)
+        sim = SimNode(config.sim_state_dir(), "gn1", config.simulator)
+        # eight running jobs, one per GPU, as the prolog leaves them
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "SLURMGPU_CONFIG": str(cfg),
+            "SLURMD_NODENAME": "gn1",
+            "SLURM_JOB_USER": "alice",
+            "SLURM_CLUSTER_NAME": "bench",
+        }
+        for minor in range(8):
+            subprocess.run(
+                [sys.executable, "-m", "slurmgpu", "hook", "prolog"],
+                env={**env, "SLURM_JOB_ID": str(100 + minor), "SLURM_JOB_GPUS": str(minor)},
+                check=True,
+            )
+        now = time.time()  # the jobs' processes start after their prologs
+        control.add_load(sim, tuple(range(8)), 55, 1 << 30, 1, now, now + 3600)
+        agent = Agent(config, "gn1", log=HookLog(None, "bench"))
+        agent.round()
+        nv = make_module(SimNode(config.sim_state_dir(), "gn1", config.simulator))
+        nv.nvmlInit()
+        since = int((time.time() - 1) * 1e6)
+        ours, raw = [], []
+        for _ in range(args.rounds):
+            t = time.process_time()
+            agent.round()
+            ours.append(time.process_time() - t)
+            t = time.process_time()
+            raw_round(nv, 8, since)
+            raw.append(time.process_time() - t)
+        assert len(agent.aggregates) == 8, agent.aggregates.keys()
+        assert all(a.rounds > args.rounds for a in agent.aggregates.values()), [a.rounds for a in agent.aggregates.values()]
+        rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # a scrape through the real HTTP server
+        from prometheus_client import start_http_server
+        from prometheus_client.registry import CollectorRegistry
+
+        from slurmgpu.agent.exporter import AgentCollector
+
+        registry = CollectorRegistry()
+        registry.register(AgentCollector("gn1", lambda: agent.snapshot))
+        server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
+        port = server.server_address[1]
+        scrapes = []
+        for _ in range(50):
+            t = time.perf_counter()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
+                body = r.read()
+            scrapes.append(time.perf_counter() - t)
+        server.shutdown()
+        assert b"slurmgpu_gpu_job_info" in body
+    res = {
+        "rounds": args.rounds,
+        "agent_round_cpu_ms": 1000 * statistics.median(ours),
+        "raw_calls_cpu_ms": 1000 * statistics.median(raw),
+        "max_rss_mib": rss_mib,
+        "scrape_median_ms": 1000 * statistics.median(scrapes),
+        "scrape_bytes": len(body),
+    }
+    res["ratio"] = res["agent_round_cpu_ms"] / res["raw_calls_cpu_ms"]
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"agent round (8 GPUs, 8 jobs)  CPU median {res['agent_round_cpu_ms']:.2f} ms")
+        print(f"raw pynvml-level calls       CPU median {res['raw_calls_cpu_ms']:.2f} ms")
+        print(f"ratio {res['ratio']:.2f}x (target <= 1.2x); max RSS {rss_mib:.1f} MiB (target <= 40 MiB)")
+        print(f"/metrics scrape median {res['scrape_median_ms']:.2f} ms, {len(body)} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
