@@ -42,7 +42,9 @@ class ThresholdsConfig:
 class HealthConfig:
     """Health checks and the drain policy. See docs/admin-guide.md for the XID table's source."""
 
-    expected_gpus: int = 0  # GPUs every node must show; 0: take the count from Slurm's Gres where known
+    expected_gpus: int = (
+        0  # GPUs every node must show; 0: the prolog skips the count, `slurmgpu health` asks Slurm
+    )
     temperature_warn_celsius: float = 85.0
     temperature_fail_celsius: float = 93.0
     ecc_correctable_warn: int = 10000  # volatile corrected ECC errors since boot
@@ -232,6 +234,8 @@ def _check_ranges(config: Any, name: str, source: str) -> None:
             raise ConfigError(
                 f"config file {source}: {name}.breaker_min_nodes/breaker_window_seconds out of range"
             )
+        if not config.dcgmi_path.startswith("/"):
+            raise ConfigError(f"config file {source}: {name}.dcgmi_path must be an absolute path")
         if config.temperature_warn_celsius > config.temperature_fail_celsius:
             raise ConfigError(
                 f"config file {source}: {name}.temperature_warn_celsius exceeds the fail threshold"

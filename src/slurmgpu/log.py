@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-_LEVELS = {"error": 3, "warning": 4, "info": 6, "debug": 7}
+_LEVELS = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
 
 
 class HookLog:

@@ -161,6 +161,8 @@ def test_watermark_hands_out_each_xid_once_and_notices_a_reboot(tmp_path: Path, 
     assert w.new(first) == []
     later = [*first, ev(63, 3)]
     assert w.new(later) == [ev(63, 3)]
+    wrapped = [ev(79, 2), ev(63, 3), ev(95, 4)]  # the ring buffer dropped the oldest line
+    assert w.new(wrapped) == [ev(63, 3), ev(95, 4)]
     rebooted = [ev(48, 1), ev(63, 2)]  # same length as before, different lines: a fresh log
     assert w.new(rebooted) == rebooted
     assert w.new([ev(48, 1)]) == [ev(48, 1)]  # shorter: a fresh log

@@ -136,6 +136,20 @@ def test_unresponsive_gpu_finishes_within_the_budget(cfg: Path) -> None:
     control.clear_faults(sim(cfg))
 
 
+def test_a_drained_node_keeps_its_reason_and_still_refuses_the_job(cfg: Path) -> None:
+    sinfo = cfg.parent / "bin" / "sinfo"
+    sinfo.write_text(
+        "#!/bin/sh\necho 'gn1|drained|2026-11-25T10:00:00|alice|slurmgpu: manual: fan swap'\n"
+        "echo 'gn2|idle|Unknown|Unknown|none'\n"
+    )
+    sinfo.chmod(0o755)
+    control.inject_fault(sim(cfg), 0, "lost")
+    assert hook("prolog", cfg).returncode == 1  # the GPU is bad: the job must not run here
+    assert not (cfg.parent / "scontrol.args").exists()  # and the admin's reason was not replaced
+    assert db(cfg).execute("SELECT count(*) FROM drains").fetchone()[0] == 0
+    assert "already drained" in (cfg.parent / "state" / "slurmgpu.log").read_text()
+
+
 def test_failed_drain_command_still_fails_the_prolog(cfg: Path) -> None:
     (cfg.parent / "bin" / "scontrol").write_text(
         "#!/bin/sh\necho 'slurm_update error: Invalid node name' >&2\nexit 1\n"

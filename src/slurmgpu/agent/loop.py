@@ -226,6 +226,7 @@ class Agent:
                     results=results,
                     reading=reading,
                     log=self.log,
+                    update_last=False,
                 )
         return True, xid_counts_by_minor(events)
 

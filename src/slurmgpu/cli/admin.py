@@ -28,17 +28,21 @@ from slurmgpu.cli.common import handle_errors, load_cli_config
     help="As Slurm's HealthCheckProgram: drain on failure, lift slurmgpu's own drain when healthy.",
 )
 @click.option("--all", "show_all", is_flag=True, help="Show passing checks too.")
-@handle_errors
 def health(node: str | None, as_json: bool, diag_level: int | None, slurm_mode: bool, show_all: bool) -> None:
-    """Check this node's GPUs now. Exit 0 healthy, 1 warnings, 2 failures.
+    """Check this node's GPUs now. Exit 0 healthy, 1 warnings, 2 failures, 3 could not check.
 
     Example:
 
         slurmgpu health --json
     """
-    from slurmgpu.health.service import local_node, run_health
+    from slurmgpu.errors import SlurmgpuError
+    from slurmgpu.health.service import EXIT_CANNOT_CHECK, local_node, run_health
 
-    report = run_health(load_cli_config(), local_node(node), diag_level=diag_level, slurm_mode=slurm_mode)
+    try:
+        report = run_health(load_cli_config(), local_node(node), diag_level=diag_level, slurm_mode=slurm_mode)
+    except (SlurmgpuError, OSError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(EXIT_CANNOT_CHECK) from None
     if as_json:
         click.echo(json.dumps(asdict(report), indent=2))
     else:

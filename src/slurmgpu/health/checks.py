@@ -64,7 +64,7 @@ def check_ecc(gpu: GpuReading, cfg: HealthConfig) -> list[CheckResult]:
             CheckResult(
                 "ecc-uncorrectable",
                 "fail",
-                f"{gpu.ecc_volatile_uncorrected} uncorrectable ECC errors since boot",
+                f"{gpu.ecc_volatile_uncorrected} uncorrectable ECC errors since the driver loaded",
                 gpu.minor,
             )
         )
@@ -73,7 +73,7 @@ def check_ecc(gpu: GpuReading, cfg: HealthConfig) -> list[CheckResult]:
             CheckResult(
                 "ecc-correctable-storm",
                 "warn",
-                f"{gpu.ecc_volatile_corrected} correctable ECC errors since boot "
+                f"{gpu.ecc_volatile_corrected} correctable ECC errors since the driver loaded "
                 f"(warn at {cfg.ecc_correctable_warn})",
                 gpu.minor,
             )

@@ -14,7 +14,8 @@ from typing import Literal
 from slurmgpu.health.results import CheckResult, drain_reason, failures
 from slurmgpu.slurm.nodes import SlurmNode
 
-Action = Literal["none", "drain", "spare"]
+# held: the node was already drained (by anyone); its reason stays, and a job that still reaches it is refused
+Action = Literal["none", "drain", "spare", "held"]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ def _nodes(slurm: Slurm, log: HookLog) -> list[SlurmNode]:
     try:
         return slurm.nodes()
     except SlurmError as exc:
-        # Without the cluster's view the breaker cannot count: it falls back to its minimum (one node).
+        # Without the cluster's view the breaker cannot count recent drains: it allows this one (its minimum).
         log("warning", f"circuit breaker cannot list nodes: {exc}")
         return []
 
@@ -44,16 +44,29 @@ def remediate(
     results: list[CheckResult],
     reading: NodeReading,
     log: HookLog,
+    update_last: bool = True,
 ) -> Decision:
-    """Drain (or spare) the node for failed checks; record the result and events. Returns what was decided."""
+    """Drain (or spare) the node for failed checks; record the result and events. Returns what was decided.
+
+    A node that is already drained (by slurmgpu, an admin or another tool) keeps its reason: draining again would
+    replace it, turn a manual drain into one a health check may lift, and keep renewing the breaker's window.
+    `update_last` is off for partial results (the agent's single XID) that must not replace the node's last full
+    check."""
     h = config.health
     slurm = slurm_for(config)
     decision = Decision("none", "", "healthy")
     if any(r.status == "fail" for r in results):
+        nodes = _nodes(slurm, log)
+        me = next((n for n in nodes if n.name == node), None)
+        if me is not None and me.drained:
+            decision = Decision("held", me.reason, f"already drained ({me.reason})")
+            log("warning", f"{_job(job_id)}{node} already drained ({me.reason}); not drained again")
+            _record(config, cluster, node, source, job_id, results, reading, decision, log, update_last)
+            return decision
         decision = decide(
             results,
             node,
-            _nodes(slurm, log),
+            nodes,
             time.time(),
             max_fraction=h.breaker_max_fraction,
             min_nodes=h.breaker_min_nodes,
@@ -62,7 +75,7 @@ def remediate(
     if decision.action == "drain":
         try:
             slurm.drain(node, decision.reason)
-            log("error", f"job {job_id}: drained {node}: {decision.reason}")
+            log("error", f"{_job(job_id)}drained {node}: {decision.reason}")
             after = _nodes(slurm, log)
             if after and not keep_after_race(
                 node,
@@ -75,21 +88,24 @@ def remediate(
                 mine = next((n for n in after if n.name == node), None)
                 if mine is not None and mine.reason == decision.reason:
                     slurm.resume(node)
-                decision = Decision(
-                    "spare",
-                    decision.reason,
-                    "circuit breaker: other nodes were drained at the same moment and the cap is "
-                    f"reached; {node} returned to service",
-                )
+                    decision = Decision(
+                        "spare",
+                        decision.reason,
+                        "circuit breaker: other nodes were drained at the same moment and the cap is "
+                        f"reached; {node} returned to service",
+                    )
+                # else someone changed the node's reason meanwhile: it stays drained, theirs to lift
         except SlurmError as exc:
             # The fault is real: the prolog still fails and Slurm drains the node itself ("Prolog error").
-            log("error", f"job {job_id}: {decision.reason}; drain through scontrol failed: {exc}")
+            log("error", f"{_job(job_id)}{decision.reason}; drain through scontrol failed: {exc}")
     if decision.action == "spare":
-        log(
-            "error", f"CRITICAL job {job_id}: {node} NOT drained: {decision.detail}; fault: {decision.reason}"
-        )
-    _record(config, cluster, node, source, job_id, results, reading, decision, log)
+        log("critical", f"{_job(job_id)}{node} NOT drained: {decision.detail}; fault: {decision.reason}")
+    _record(config, cluster, node, source, job_id, results, reading, decision, log, update_last)
     return decision
+
+
+def _job(job_id: int | None) -> str:
+    return "" if job_id is None else f"job {job_id}: "
 
 
 def _record(
@@ -102,6 +118,7 @@ def _record(
     reading: NodeReading,
     decision: Decision,
     log: HookLog,
+    update_last: bool = True,
 ) -> None:
     try:
         from slurmgpu.store.db import Store
@@ -113,8 +130,19 @@ def _record(
             if decision.action == "spare":
                 extra = [CheckResult("circuit-breaker", "fail", f"CRITICAL: {decision.detail}")]
             store.save_health(
-                cluster=cluster, node=node, source=source, job_id=job_id, results=results + extra, now=now
+                cluster=cluster,
+                node=node,
+                source=source,
+                job_id=job_id,
+                results=results + extra,
+                now=now,
+                update_last=update_last,
             )
+            if update_last:
+                from slurmgpu.health.status_file import swap_status
+
+                bad = [r.status for r in results + extra]
+                swap_status(config, node, "fail" if "fail" in bad else "warn" if "warn" in bad else "ok")
             if decision.action == "drain":
                 named = {r.minor for r in results if r.status == "fail"}
                 store.record_drain(
@@ -131,4 +159,4 @@ def _record(
         finally:
             store.close()
     except Exception as exc:
-        log("error", f"job {job_id}: health result of {node} not recorded: {exc}")
+        log("error", f"{_job(job_id)}health result of {node} not recorded: {exc}")

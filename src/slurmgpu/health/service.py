@@ -23,7 +23,7 @@ from slurmgpu.slurm.env import cluster_name
 from slurmgpu.slurm.nodes import MANUAL_PREFIX, SlurmNode
 from slurmgpu.store.db import Store
 
-EXIT_HEALTHY, EXIT_WARNINGS, EXIT_FAILURES = 0, 1, 2
+EXIT_HEALTHY, EXIT_WARNINGS, EXIT_FAILURES, EXIT_CANNOT_CHECK = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -141,12 +141,14 @@ def _lift_own_drain(config: Config, node: str, log: HookLog) -> tuple[str, str] 
     if me is None or not me.drained_automatically:
         return None
     slurm.resume(node)
-    _record_action(config, node, "resume", me.reason, "health check passed")
+    _record_action(config, node, "resume", me.reason, "health check passed", source="health")
     log("info", f"{node} healthy again: lifted slurmgpu's drain ({me.reason})")
     return "resume", f"lifted slurmgpu's drain ({me.reason})"
 
 
-def _record_action(config: Config, node: str, action: str, reason: str, note: str) -> None:
+def _record_action(
+    config: Config, node: str, action: str, reason: str, note: str, source: str = "cli"
+) -> None:
     store = Store.open(config.path("database", node))
     try:
         store.record_drain(
@@ -155,7 +157,7 @@ def _record_action(config: Config, node: str, action: str, reason: str, note: st
             action=action,
             reason=reason,
             actor=actor(),
-            source="cli",
+            source=source,
             job_id=None,
             readings={"note": note},
         )
@@ -210,6 +212,7 @@ def drain_nodes(config: Config, names: list[str], reason: str) -> list[str]:
     if not text:
         raise InputError("--reason must say why")
     full = f"{MANUAL_PREFIX}{text}"
+    _require_writable_store(config, names)
     slurm = slurm_for(config)
     known = {n.name for n in slurm.nodes()}
     unknown = [n for n in names if n not in known]
@@ -226,6 +229,7 @@ def drain_nodes(config: Config, names: list[str], reason: str) -> list[str]:
 def resume_nodes(config: Config, names: list[str], *, force: bool) -> tuple[list[str], list[str]]:
     """Lift slurmgpu's drains. Refuses drains set by others, and nodes whose last check failed unless forced.
     Returns (done, refused) messages."""
+    _require_writable_store(config, names)
     slurm = slurm_for(config)
     table: dict[str, SlurmNode] = {n.name: n for n in slurm.nodes()}
     done, refused = [], []
@@ -252,6 +256,17 @@ def resume_nodes(config: Config, names: list[str], *, force: bool) -> tuple[list
         _acknowledge_xids(config, name)
         done.append(f"{name}: resumed (was: {node.reason})")
     return done, refused
+
+
+def _require_writable_store(config: Config, names: list[str]) -> None:
+    """Every drain and resume is recorded: check that we can before touching any node (not root: stop here)."""
+    for name in names:
+        path = config.path("database", name)
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not os.access(probe, os.W_OK):
+            raise StoreError(f"cannot record in {path}: run as root (drain and resume are recorded)")
 
 
 def _last_health(config: Config, node: str) -> dict[str, object] | None:

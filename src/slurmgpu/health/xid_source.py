@@ -1,8 +1,8 @@
 """XID events from the kernel log, mapped to GPUs, and what has already been acknowledged.
 
 The kernel log keeps every XID since boot, so a check must only act on new ones: a per-node watermark (how many
-XID lines were already handled) lives in the state dir. The prolog and epilog advance it when nothing drain-class
-is pending; an admin's `slurmgpu resume` advances it (the admin has looked). A log shorter than the watermark
+XID lines were already handled) lives in the state dir. The prolog (and `slurmgpu health --slurm`) advance it when
+nothing drain-class is pending; an admin's `slurmgpu resume` advances it (the admin has looked). A log shorter than the watermark
 means a reboot (or, in the simulator, a replaced board): the watermark starts over.
 """
 
@@ -70,14 +70,18 @@ class Watermark:
             return 0, ""
 
     def new(self, events: list[XidEvent]) -> list[XidEvent]:
-        """The events after the handled ones. If the last handled line is no longer where it was, the log is not
-        the one we counted (a reboot or a replaced board): everything in it is new."""
+        """The events after the last handled line. Where that line is no longer at its place, look for it (the
+        kernel's ring buffer dropped older lines); where it is gone, the log is not the one we counted (a reboot or a
+        replaced board, or a buffer that wrapped past it): everything in it is new."""
         handled, last = self._read()
         if handled == 0:
             return events
-        if len(events) < handled or events[handled - 1].line != last:
-            return events
-        return events[handled:]
+        if len(events) >= handled and events[handled - 1].line == last:
+            return events[handled:]
+        for i in range(len(events) - 1, -1, -1):
+            if events[i].line == last:
+                return events[i + 1 :]
+        return events
 
     def advance(self, events: list[XidEvent]) -> None:
         with self._locked():

@@ -73,6 +73,10 @@ def _post_job_health(
 ) -> None:
     from slurmgpu.health.xid_source import all_xids
 
+    if reading.error:  # NVML unusable at job end: nothing to compare, and not a GPU fault (as in the prolog)
+        log("warning", f"job {ctx.job_id}: no post-job health check: {reading.error}")
+        return
+
     elapsed = max((time.time() - b.taken_epoch_seconds for b in baselines.values()), default=0.0)
     try:
         during = _xids_during_job(all_xids(config, ctx.node, reading), baselines)

@@ -50,7 +50,7 @@ def prolog(config: Config, env: Mapping[str, str], log: HookLog) -> int:
             reading=reading,
             log=log,
         )
-        if decision.action == "drain":
+        if decision.action in ("drain", "held"):
             return EXIT_HARDWARE_FAULT
     if xids is not None and not any(r.check == "xid" and r.status == "fail" for r in results):
         # seen and recorded; drain-class XIDs stay pending until an admin resumes the node

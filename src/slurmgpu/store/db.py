@@ -182,8 +182,9 @@ class Store:
         job_id: int | None,
         results: list[CheckResult],
         now: float,
+        update_last: bool = True,
     ) -> None:
-        """The node's latest health result, and an event for every warning and failure."""
+        """The node's latest health result (unless update_last is off), and an event per warning and failure."""
         status = (
             "fail"
             if any(r.status == "fail" for r in results)
@@ -192,11 +193,12 @@ class Store:
         bad = [r for r in results if r.status != "ok"]
         summary = "; ".join(f"{r.check} {r.where}: {r.detail}" for r in bad[:5]) or "all checks passed"
         with self.transaction() as c:
-            c.execute(
-                """INSERT OR REPLACE INTO health_results (cluster, node, epoch, source, status, summary, results_json)
+            if update_last:
+                c.execute(
+                    """INSERT OR REPLACE INTO health_results (cluster, node, epoch, source, status, summary, results_json)
                    VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                (cluster, node, now, source, status, summary, json.dumps([r.__dict__ for r in results])),
-            )
+                    (cluster, node, now, source, status, summary, json.dumps([r.__dict__ for r in results])),
+                )
             c.executemany(
                 """INSERT INTO health_events (epoch, cluster, node, minor, job_id, hook, check_name, severity, detail)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -355,6 +357,89 @@ class Store:
         cur = self.conn.execute("SELECT * FROM drains WHERE cluster = ? ORDER BY epoch", (cluster,))
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    # -- any user: reading without write access, job notes -------------------------------------------------------
+
+    # Set by open_reader when the file was opened as immutable: (inode, size, mtime) at opening.
+    immutable_signature: tuple[int, int, int] | None = None
+
+    @classmethod
+    def open_reader(cls, path: Path) -> Store:
+        """Open read-only as any user (users run reports and `slurmgpu job` on their own jobs).
+
+        SQLite opens a WAL database read-only only when its -wal and -shm files exist or can be created. Root's
+        writers remove them when the last connection closes, and users cannot create them in the 0755 state
+        directory. Then no write-ahead log exists, so the main file holds every committed transaction: it is opened
+        as immutable (no locks, no -shm), and `unchanged_since_open()` tells whether a writer touched it meanwhile
+        (a checkpoint rewrites the main file); callers read again when it did (see store/queries.read_consistently).
+        """
+        if not path.exists():
+            raise StoreError(f"no job store at {path} (no job has finished on this node yet?)")
+        wal = path.with_name(path.name + "-wal")
+        if os.access(path.parent, os.W_OK) or wal.exists():
+            try:
+                return cls.open(path, readonly=True)
+            except StoreError as exc:
+                if "readonly" not in str(exc) and "unable to open" not in str(exc):
+                    raise  # the -wal went away between the check and the opening: read it as immutable
+        from urllib.parse import quote
+
+        from slurmgpu.store.migrations import SCHEMA_VERSION
+
+        signature = _file_signature(path)
+        try:
+            conn = sqlite3.connect(
+                f"file:{quote(str(path))}?immutable=1",
+                uri=True,
+                timeout=BUSY_TIMEOUT_SECONDS,
+                isolation_level=None,
+            )
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise StoreError(f"job store {path}: {exc}") from None
+        if version != SCHEMA_VERSION:
+            conn.close()
+            raise StoreError(
+                f"job store {path} has schema {version}, expected {SCHEMA_VERSION}: "
+                "the next epilog, or any slurmgpu command run as root, migrates it"
+            )
+        store = cls(conn, path)
+        store.immutable_signature = signature
+        return store
+
+    def unchanged_since_open(self) -> bool:
+        """False when the store was opened as immutable and a writer has changed the file since."""
+        if self.immutable_signature is None:
+            return True
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            return not wal.exists() and _file_signature(self.path) == self.immutable_signature
+        except OSError:
+            return False
+
+    def add_job_note(
+        self, *, cluster: str, job_id: int, node: str, kind: str, detail: str, now: float | None = None
+    ) -> None:
+        """Something about a job worth keeping that is not usage: for example that its AdminComment held another
+        tool's content, so the job's record was not mirrored there."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO job_notes (epoch, cluster, job_id, node, kind, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                (now or time.time(), cluster, job_id, node, kind, detail),
+            )
+
+    def job_notes(self, cluster: str, job_id: int) -> list[dict[str, Any]]:
+        cur = self.conn.execute(
+            "SELECT epoch, node, kind, detail FROM job_notes WHERE cluster = ? AND job_id = ? ORDER BY epoch, id",
+            (cluster, job_id),
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def _file_signature(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _job_where(job: JobId) -> tuple[str, list[Any]]:
