@@ -71,8 +71,33 @@ class AgentConfig:
     """The node agent (`slurmgpu agent`)."""
 
     interval_seconds: float = 10.0
-    checkpoint_every: int = 6  # rounds between checkpoints to the store (what a crash can lose, energy aside)
+    checkpoint_every: int = 1  # rounds between checkpoints to the store (what a crash can lose, energy aside)
     listen: str = "127.0.0.1:9810"  # Prometheus /metrics; loopback unless the site opens it on purpose
+
+
+@dataclass(frozen=True)
+class ReportsConfig:
+    """Reports and chargeback (the rate card), who sees every user's jobs, and the cluster-wide record: each job's
+    GPU summary mirrored into Slurm's AdminComment by the epilog."""
+
+    admin_groups: tuple[str, ...] = ()  # besides root, members of these Unix groups see every user's jobs
+    currency: str = ""
+    gpu_hour_rate: float = 0.0  # price of a GPU-hour where neither a GPU model nor a partition rate applies
+    partition_rates: tuple[tuple[str, float], ...] = ()  # [reports.partition_rates] gpu = 2.5
+    # [reports.gpu_model_rates] "H100" = 4.0: a part of the GPU name (case-insensitive, longest wins); wins over
+    # the partition's rate
+    gpu_model_rates: tuple[tuple[str, float], ...] = ()
+    energy_price_per_kwh: float = 0.0  # added to the cost: GPU energy x price
+    capacity_threshold_pct: float = 80.0  # `slurmgpu capacity`: the allocation level to stay under
+    mirror: str = "background"  # background | inline | off
+    mirror_calls_per_minute: float = 60.0  # slurmdbd calls (sacct, sacctmgr) per node: a token bucket
+    mirror_burst: int = 10
+    mirror_max_attempts: int = 5  # writes of one job's part before it is left for the next epilog on the node
+    mirror_max_chars: int = 4000  # larger records are summarised per node, then collapsed
+    mirror_jitter_seconds: float = 1.0  # random delay before the first call: spreads jobs that end together
+    mirror_settle_seconds: float = (
+        1.0  # wait between writing and reading back (concurrent epilogs of one job)
+    )
 
 
 @dataclass(frozen=True)
@@ -99,6 +124,7 @@ class Config:
     simulator: SimulatorConfig = SimulatorConfig()
     health: HealthConfig = HealthConfig()
     agent: AgentConfig = AgentConfig()
+    reports: ReportsConfig = ReportsConfig()
     source: str = "(defaults)"
 
     def path(self, key: str, node: str = "") -> Path:
@@ -145,6 +171,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         "simulator": SimulatorConfig,
         "health": HealthConfig,
         "agent": AgentConfig,
+        "reports": ReportsConfig,
     }
     top: dict[str, Any] = {}
     for key, value in data.items():
@@ -183,6 +210,17 @@ def _section(cls: type, name: str, table: dict[str, Any], source: str) -> Any:
             if len(set(items)) != len(items):
                 raise ConfigError(f"config file {source}: {dotted} has duplicate minor numbers")
             values[key] = tuple(items)
+        elif key == "admin_groups":
+            items = _typed(dotted, value, list, source)
+            if not all(isinstance(i, str) and i for i in items):
+                raise ConfigError(f"config file {source}: {dotted} must be a list of group names")
+            values[key] = tuple(items)
+        elif key in ("partition_rates", "gpu_model_rates"):
+            table_value = _typed(dotted, value, dict, source)
+            for k, v in table_value.items():
+                if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                    raise ConfigError(f"config file {source}: {dotted}.{k} must be a price (a number >= 0)")
+            values[key] = tuple(sorted((k, float(v)) for k, v in table_value.items()))
         elif key == "node_models":
             table_value = _typed(dotted, value, dict, source)
             if not all(isinstance(v, str) for v in table_value.values()):
@@ -248,6 +286,28 @@ def _check_ranges(config: Any, name: str, source: str) -> None:
             raise ConfigError(
                 f"config file {source}: {name}.listen must be HOST:PORT (got {config.listen!r})"
             )
+    if isinstance(config, ReportsConfig):
+        for key in (
+            "gpu_hour_rate",
+            "energy_price_per_kwh",
+            "mirror_jitter_seconds",
+            "mirror_settle_seconds",
+        ):
+            if not 0 <= getattr(config, key) <= 1e9:
+                raise ConfigError(f"config file {source}: {name}.{key} must be a number >= 0")
+        if not 0 < config.capacity_threshold_pct <= 100:
+            raise ConfigError(f"config file {source}: {name}.capacity_threshold_pct must be within (0, 100]")
+        if config.mirror not in ("background", "inline", "off"):
+            raise ConfigError(f"config file {source}: {name}.mirror must be background, inline or off")
+        if config.mirror_calls_per_minute <= 0 or config.mirror_burst < 1:
+            raise ConfigError(
+                f"config file {source}: {name}.mirror_calls_per_minute/mirror_burst must be positive"
+            )
+        if not 1 <= config.mirror_max_attempts <= 50 or not 200 <= config.mirror_max_chars <= 60000:
+            raise ConfigError(
+                f"config file {source}: {name}.mirror_max_attempts (1..50) or mirror_max_chars (200..60000) "
+                "out of range"
+            )
     if isinstance(config, SimulatorConfig):
         if not 1 <= config.gpus_per_node <= 64:
             raise ConfigError(f"config file {source}: {name}.gpus_per_node must be within 1..64")
@@ -269,14 +329,20 @@ def render_config(config: Config) -> str:
         f'backend = "{config.backend}"',
         f'cluster = "{config.cluster}"',
     ]
-    for section in ("paths", "thresholds", "health", "agent", "simulator"):
+    for section in ("paths", "thresholds", "health", "agent", "reports", "simulator"):
         lines.append(f"\n[{section}]")
         obj = getattr(config, section)
         for f in fields(obj):
             value = getattr(obj, f.name)
-            if f.name == "node_models":
+            if f.name in ("node_models", "partition_rates", "gpu_model_rates"):
                 continue
             lines.append(f"{f.name} = {_toml_value(value)}")
+        for table in ("partition_rates", "gpu_model_rates") if section == "reports" else ():
+            if getattr(config.reports, table):
+                lines.append(f"\n[reports.{table}]")
+                lines.extend(
+                    f"{_toml_value(k)} = {_toml_value(v)}" for k, v in getattr(config.reports, table)
+                )
         if section == "simulator" and config.simulator.node_models:
             lines.append("\n[simulator.node_models]")
             lines.extend(f'{node} = "{model}"' for node, model in config.simulator.node_models)
