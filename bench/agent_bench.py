@@ -119,7 +119,9 @@ gpus_per_node = 8
             raw_round(nv, 8, since)
             raw.append(time.process_time() - t)
         assert len(agent.aggregates) == 8, agent.aggregates.keys()
-        assert all(a.rounds > args.rounds for a in agent.aggregates.values()), [a.rounds for a in agent.aggregates.values()]
+        assert all(a.rounds > args.rounds for a in agent.aggregates.values()), [
+            a.rounds for a in agent.aggregates.values()
+        ]
         rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         # a scrape through the real HTTP server
         from prometheus_client import start_http_server

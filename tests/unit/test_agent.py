@@ -219,3 +219,33 @@ def test_series_stays_bounded_and_keeps_its_mean() -> None:
     assert len(points) <= MAX_POINTS
     total = sum(p.utilization_pct * p.weight for p in points) / sum(p.weight for p in points)
     assert abs(total - sum(i % 100 for i in range(1000)) / 1000) < 1e-9
+
+
+def test_xid_during_a_job_is_recorded_against_it_and_drains(cfg: Path) -> None:
+    bindir = cfg.parent / "bin"
+    bindir.mkdir()
+    (bindir / "scontrol").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {cfg.parent}/scontrol.args\n')
+    (bindir / "scontrol").chmod(0o755)
+    cfg.write_text(cfg.read_text().replace(f"{cfg.parent}/no-slurm-here", str(bindir)))
+    control.inject_fault(sim(cfg), 2, "xid", code=13)  # before the agent: counted, not acted upon
+    hook("prolog", cfg, 51, "2")
+    a = agent_for(cfg)
+    a.round()
+    assert not (cfg.parent / "scontrol.args").exists()
+    control.inject_fault(sim(cfg), 2, "xid", code=79)
+    snap = a.round()
+    args = (cfg.parent / "scontrol.args").read_text().splitlines()
+    assert args[:3] == ["update", "nodename=gn1", "state=drain"] and "XID 79" in args[3]
+    assert snap.xid_counts == {2: 2}
+    events = (
+        sqlite3.connect(cfg.parent / "state" / "slurmgpu.db")
+        .execute("SELECT job_id, hook, severity FROM health_events WHERE check_name = 'xid'")
+        .fetchall()
+    )
+    assert events == [(51, "agent", "fail")]
+    last = (
+        sqlite3.connect(cfg.parent / "state" / "slurmgpu.db")
+        .execute("SELECT count(*) FROM health_results")
+        .fetchone()[0]
+    )
+    assert last == 0  # a single XID is not a full check: the node's last result is left alone

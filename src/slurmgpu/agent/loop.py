@@ -18,6 +18,7 @@ from slurmgpu.collection.aggregate import JobGpuAggregate, start, update
 from slurmgpu.config import Config
 from slurmgpu.gpu.backend import open_backend
 from slurmgpu.gpu.types import NodeReading
+from slurmgpu.gpu.xid import KernelLogTail
 from slurmgpu.health.checks import XidEvent, check_xids
 from slurmgpu.hooks import owners
 from slurmgpu.hooks.spool import read_baselines, read_job_meta, spool_path
@@ -65,7 +66,9 @@ class Agent:
         self.jobs: dict[int, JobInfo] = {}
         self.snapshot = Snapshot()
         self.rounds = 0
-        self._xid_seen: int | None = None  # XIDs in the kernel log when the agent started watching
+        self._tail: KernelLogTail | None = None  # the kernel log, read incrementally
+        self._xid_counts: dict[int, int] = {}  # XIDs per GPU minor since boot (for the exporter)
+        self._owners_cache: tuple[int, dict[int, list[int]]] | None = None
         self._lock = threading.Lock()
 
     # -- state ---------------------------------------------------------------------------------------------------
@@ -101,6 +104,23 @@ class Agent:
     def _cluster_of(self, job_id: int) -> str:
         info = self.jobs.get(job_id)
         return info.cluster if info else self.cluster
+
+    def _owners(self) -> dict[int, list[int]]:
+        """The owner files, re-read only when their directory changed (every write is a rename in it)."""
+        gpu_dir = self._run_dir() / "gpu"
+        try:
+            mtime = gpu_dir.stat().st_mtime_ns
+        except FileNotFoundError:
+            return {}
+        # a directory changed within the filesystem's timestamp granularity may change again unseen: trust the
+        # cache only for a directory that has been quiet for a second
+        if (
+            self._owners_cache is None
+            or self._owners_cache[0] != mtime
+            or time.time_ns() - mtime < 1_000_000_000
+        ):
+            self._owners_cache = (mtime, owners.owners(self._run_dir()))
+        return self._owners_cache[1]
 
     def _run_dir(self) -> Path:
         return self.config.path("run_dir", self.node)
@@ -140,7 +160,7 @@ class Agent:
         began = time.monotonic()
         success: dict[str, bool] = {}
         try:
-            owned = owners.owners(self._run_dir())
+            owned = self._owners()
             success["owners"] = True
         except OSError as exc:
             self.log("warning", f"owner files unreadable: {exc}")
@@ -198,17 +218,28 @@ class Agent:
     def _watch_xids(self, reading: NodeReading, owned: dict[int, list[int]]) -> tuple[bool, dict[int, int]]:
         """New XIDs since the agent started: recorded against the job owning the GPU; a drain-class one drains the
         node (running jobs finish, no new ones start), through the same policy and circuit breaker as the hooks."""
-        from slurmgpu.health.xid_source import all_xids, xid_counts_by_minor
+        from slurmgpu.gpu.xid import parse_xid_lines, short_bus_id
+        from slurmgpu.health.xid_source import kernel_log_path
 
+        first = self._tail is None
+        if self._tail is None:
+            self._tail = KernelLogTail(kernel_log_path(self.config, self.node))
         try:
-            events = all_xids(self.config, self.node, reading)
+            text, restarted = self._tail.read_new()
         except OSError as exc:
             self.log("warning", f"kernel log unreadable: {exc}")
-            return False, {}
-        if self._xid_seen is None or self._xid_seen > len(events):
-            self._xid_seen = len(events)
-        new: list[XidEvent] = events[self._xid_seen :]
-        self._xid_seen = len(events)
+            return False, dict(self._xid_counts)
+        by_bus = {short_bus_id(g.pci_bus_id): g.minor for g in reading.gpus if g.pci_bus_id}
+        new = [XidEvent(code, by_bus.get(bus), bus, line) for bus, code, line in parse_xid_lines(text)]
+        if restarted:
+            self._xid_counts = {}
+        for event in new:
+            if event.minor is not None:
+                self._xid_counts[event.minor] = self._xid_counts.get(event.minor, 0) + 1
+        if first:
+            return True, dict(
+                self._xid_counts
+            )  # what happened before the agent started is counted, not acted on
         for event in new:
             results = check_xids([event], self.config.health)
             jobs = owned.get(event.minor, []) if event.minor is not None else []
@@ -228,7 +259,7 @@ class Agent:
                     log=self.log,
                     update_last=False,
                 )
-        return True, xid_counts_by_minor(events)
+        return True, dict(self._xid_counts)
 
     def run_forever(self, stop: threading.Event) -> None:
         interval = self.config.agent.interval_seconds

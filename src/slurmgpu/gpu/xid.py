@@ -71,3 +71,58 @@ def read_kernel_log(path: Path, max_bytes: int = 8 << 20) -> str:
             return f.read().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return ""
+
+
+class KernelLogTail:
+    """Reads only what the kernel log gained since the last call (the node agent polls it every round).
+
+    /dev/kmsg stays open and is read record by record until it runs dry; a plain file (the simulator's) is read
+    from the last offset. `read_new()` returns (text, restarted): restarted means the log is not the one read
+    before (a file truncated or replaced, as after a simulated reboot) and the text is the whole log again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._offset = 0
+        self._ino: int | None = None
+
+    def read_new(self) -> tuple[str, bool]:
+        if str(self.path) == "/dev/kmsg":
+            return self._read_kmsg(), False
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            restarted = self._offset > 0
+            self._offset, self._ino = 0, None
+            return "", restarted
+        restarted = self._ino is not None and (st.st_ino != self._ino or st.st_size < self._offset)
+        if restarted:
+            self._offset = 0
+        self._ino = st.st_ino
+        with self.path.open("rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        self._offset += len(data)
+        return data.decode("utf-8", errors="replace"), restarted
+
+    def _read_kmsg(self) -> str:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        chunks = []
+        while True:
+            try:
+                record = os.read(self._fd, 8192)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:  # overwritten before we read it: skip to what is there
+                continue
+            if not record:
+                break
+            chunks.append(record)
+        return b"".join(chunks).decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
