@@ -19,7 +19,7 @@ from queue import SimpleQueue
 from types import ModuleType
 from typing import Any
 
-from slurmgpu.gpu.types import AccountingStat, GpuProcess, GpuReading, NodeReading
+from slurmgpu.gpu.types import AccountingStat, GpuProcess, GpuReading, GpuStatus, NodeReading
 
 _INIT_LOCK = threading.Lock()
 
@@ -107,16 +107,12 @@ class NvmlBackend:
         gpus = []
         for index, result in enumerate(results):
             if result is None:  # still blocked in NVML: keep what it had read so far (often the minor number)
-                fields = partial[index]
                 gpus.append(
-                    GpuReading(
-                        index=index,
-                        timestamp_epoch_seconds=time.time(),
-                        status="unresponsive",
-                        detail=f"no answer from NVML within {self._timeout:g} s",
-                        minor=fields.get("minor"),
-                        uuid=fields.get("uuid"),
-                        pci_bus_id=fields.get("pci_bus_id"),
+                    _partial(
+                        index,
+                        partial[index],
+                        "unresponsive",
+                        f"no answer from NVML within {self._timeout:g} s",
                     )
                 )
             else:
@@ -205,15 +201,7 @@ class NvmlBackend:
             fields["pci_bus_id"] = pci.busId if pci is not None else None
             reading = self._read_fields(handle, fields, q, with_accounting, with_processes, samples_since_us)
         except _GpuLost as exc:
-            results[index] = GpuReading(
-                index=index,
-                timestamp_epoch_seconds=time.time(),
-                status="lost",
-                detail=f"NVML: {exc}",
-                minor=fields.get("minor"),
-                uuid=fields.get("uuid"),
-                pci_bus_id=fields.get("pci_bus_id"),
-            )
+            results[index] = _partial(index, fields, "lost", f"NVML: {exc}")
             return
         except Exception as exc:
             results[index] = GpuReading(
@@ -370,6 +358,19 @@ class NvmlBackend:
                 )
             )
         return tuple(stats)
+
+
+def _partial(index: int, fields: dict[str, Any], status: GpuStatus, detail: str) -> GpuReading:
+    """A GPU that failed part-way: its status, and the identity fields read before it failed."""
+    return GpuReading(
+        index=index,
+        timestamp_epoch_seconds=time.time(),
+        status=status,
+        detail=detail,
+        minor=fields.get("minor"),
+        uuid=fields.get("uuid"),
+        pci_bus_id=fields.get("pci_bus_id"),
+    )
 
 
 def _infer_lone_minor(gpus: list[GpuReading]) -> list[GpuReading]:
