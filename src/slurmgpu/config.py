@@ -73,6 +73,12 @@ class AgentConfig:
     interval_seconds: float = 10.0
     checkpoint_every: int = 1  # rounds between checkpoints to the store (what a crash can lose, energy aside)
     listen: str = "127.0.0.1:9810"  # Prometheus /metrics; loopback unless the site opens it on purpose
+    dcgm_job_stats: bool = (
+        True  # DCGM job statistics from the hooks, when dcgmi is installed ([health] dcgmi_path)
+    )
+    dcgm_stats_keep_age_seconds: float = (
+        14 * 86400.0
+    )  # must outlast the longest job (DCGM's default is 1 hour)
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,53 @@ class SlurmGpuCluster:
         path = self.root / "slurmgpu" / "state" / "slurmgpu.log"
         return path.read_text() if path.exists() else ""
 
+    # -- reports and the AdminComment record (issue 5) -------------------------------------------------------------
+
+    def admin_comment(self, job_id: int) -> str:
+        """The job's AdminComment as the accounting database holds it."""
+        return self.cluster.job_field(job_id, "AdminComment")
+
+    def wait_mirrored(self, job_id: int, nodes: int = 1, timeout: float = 90) -> Any:
+        """The job's record in AdminComment once it holds `nodes` nodes' parts (the epilogs' helpers are detached)."""
+        from slurmgpu.store.mirror_codec import decode, is_ours
+
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.admin_comment(job_id)
+            if is_ours(text) and len(decode(text).nodes) >= nodes:
+                return decode(text)
+            time.sleep(0.5)
+        raise AssertionError(
+            f"job {job_id}: AdminComment {text[:60]!r} after {timeout} s\n{self.hook_log()[-3000:]}"
+        )
+
+    def config_variant(self, name: str, *, database: Path | None = None, extra: str = "") -> Path:
+        """A copy of the cluster's config (readable by every user) with another store and/or extra sections."""
+        text = self.config.read_text()
+        if database is not None:
+            text = re.sub(r'(?m)^database = ".*"$', f'database = "{database}"', text)
+        path = self.root / f"slurmgpu-{name}.toml"
+        path.write_text(text + extra)
+        path.chmod(0o644)
+        return path
+
+    def slurmgpu_with(
+        self, config: Path, *args: str, user: str = "root", check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """`slurmgpu ARGS` with another config, as root or (runuser) as another user."""
+        env = {**self.env, "SLURMGPU_CONFIG": str(config)}
+        cmd = [str(self.exe), *args]
+        if user != "root":
+            cmd = ["/usr/sbin/runuser", "-u", user, "--", "/usr/bin/env", f"SLURMGPU_CONFIG={config}",
+                   f"SLURM_CONF={self.cluster.slurm_conf}", "PATH=/usr/bin:/bin", *cmd]  # fmt: skip
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False, cwd="/")
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"slurmgpu {' '.join(args)} as {user} failed ({proc.returncode}): {proc.stderr}"
+            )
+        return proc
+
 
 def write_cluster_config(root: Path, slurm_conf: Path) -> Path:
     base = root / "slurmgpu"

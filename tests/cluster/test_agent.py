@@ -163,8 +163,11 @@ def test_promql_join_labels_a_jobs_utilization_with_user_and_account(
     assert abs(float(series["value"][1]) - 0.70) < 0.01
     energy = promql(prometheus, f'slurmgpu_job_energy_joules{{jobid="{job}"}}')
     assert energy and float(energy[0]["value"][1]) > 0
-    up = promql(prometheus, 'slurmgpu_collector_success{collector="nvml"}')
-    assert len(up) == 3 and all(s["value"][1] == "1" for s in up)
+    up: list[dict[str, Any]] = []
+    while time.monotonic() < deadline + 20 and len(up) < 3:  # every agent scraped at least once
+        up = promql(prometheus, 'slurmgpu_collector_success{collector="nvml"}')
+        time.sleep(0.5)
+    assert len(up) == 3 and all(s["value"][1] == "1" for s in up), up
     assert slurm.cluster.wait_job(job, timeout=60) == "COMPLETED"
     # per-GPU series carry no job label: the number of series does not grow with jobs
     assert not promql(

@@ -6,6 +6,7 @@ of a drain can be checked, including a reason with spaces and shell characters.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -20,6 +21,7 @@ from slurmgpu.config import SimulatorConfig
 from slurmgpu.sim import control
 from slurmgpu.sim.state import SimNode
 
+SRC = Path(__file__).resolve().parents[2] / "src"
 ENV = {
     "SLURM_JOB_ID": "501",
     "SLURMD_NODENAME": "gn1",
@@ -198,3 +200,58 @@ def test_shims_exec_the_hook_by_absolute_path() -> None:
         assert os.access(shim, os.X_OK)
         assert f"exec /opt/slurmgpu/bin/slurmgpu hook {name}\n" in text
         assert "SLURMGPU_CONFIG=/etc/slurmgpu/slurmgpu.toml\n" in text
+
+
+def test_dcgm_job_statistics_are_recorded_around_the_job(cfg: Path) -> None:
+    scenario = cfg.parent / "dcgm.json"
+    scenario.write_text(
+        json.dumps(
+            {
+                "gpus": [0, 1, 2, 3],
+                "jobs": {
+                    "501": {
+                        "gpus": {
+                            "0": {
+                                "energy_joules": 5000,
+                                "power_avg_watts": 250.5,
+                                "sm_utilization_avg_pct": 77,
+                                "xid_errors": 0,
+                            },
+                            "1": {"energy_joules": 700, "power_avg_watts": 70.0, "sm_utilization_avg_pct": 0},
+                        }
+                    }
+                },
+            }
+        )
+    )
+    wrapper = cfg.parent / "bin" / "dcgmi"
+    wrapper.write_text(
+        f"#!/bin/sh\nexport PYTHONPATH={SRC}\nexport SLURMGPU_FAKE_DCGMI={scenario}\n"
+        f'exec {sys.executable} -m slurmgpu.sim.fake_dcgmi "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    cfg.write_text(cfg.read_text() + f'\n[health]\ndcgmi_path = "{wrapper}"\n')
+    assert hook("prolog", cfg).returncode == 0
+    state = json.loads((cfg.parent / "dcgm.json").read_text())
+    assert state  # the scenario is intact
+    assert hook("epilog", cfg).returncode == 0
+    rows = db(cfg).execute("SELECT minor, stats_json FROM job_dcgm_stats ORDER BY minor").fetchall()
+    stats = {minor: json.loads(text) for minor, text in rows}
+    assert set(stats) == {0, 1}
+    assert stats[0]["energy_joules"] == 5000 and stats[0]["power_avg_watts"] == 250.5
+    assert stats[0]["sm_utilization_avg_pct"] == 77
+    log = (cfg.parent / "state" / "slurmgpu.log").read_text()
+    assert "DCGM" not in log  # started, stopped, read and cleaned up without a complaint
+
+
+def test_a_broken_dcgmi_never_touches_the_job(cfg: Path) -> None:
+    wrapper = cfg.parent / "bin" / "dcgmi"
+    wrapper.write_text(
+        "#!/bin/sh\necho 'Error: unable to establish a connection to the specified host' >&2\nexit 235\n"
+    )
+    wrapper.chmod(0o755)
+    cfg.write_text(cfg.read_text() + f'\n[health]\ndcgmi_path = "{wrapper}"\n')
+    assert hook("prolog", cfg).returncode == 0
+    assert hook("epilog", cfg).returncode == 0
+    assert db(cfg).execute("SELECT count(*) FROM job_gpus").fetchone()[0] == 2
+    assert "DCGM job statistics not started" in (cfg.parent / "state" / "slurmgpu.log").read_text()

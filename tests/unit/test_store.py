@@ -62,6 +62,9 @@ def test_schema_after_all_migrations(tmp_path: Path) -> None:
         "drains",
         "health_results",
         "agent_aggregates",
+        "job_dcgm_stats",
+        "job_usage",
+        "job_notes",
     }
     assert db["health_results"].pks == ["cluster", "node"]
     assert db["job_gpus"].pks == ["cluster", "job_id", "node", "minor"]

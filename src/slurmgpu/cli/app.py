@@ -7,6 +7,7 @@ import click
 from slurmgpu import __version__
 from slurmgpu.cli.admin import agent, drain, health, nodes, resume
 from slurmgpu.cli.common import handle_errors, load_cli_config
+from slurmgpu.cli.reports import capacity, chargeback, idle, report
 from slurmgpu.cli.sim import sim
 
 
@@ -108,4 +109,6 @@ def hook_epilog() -> None:
 
 cli.add_command(sim)
 for command in (health, nodes, drain, resume, agent):
+    cli.add_command(command)
+for command in (report, chargeback, capacity, idle):
     cli.add_command(command)

@@ -15,7 +15,7 @@ from slurmgpu.gpu.types import NodeReading
 from slurmgpu.health.checks import XidEvent, epilog_checks
 from slurmgpu.hooks import owners
 from slurmgpu.hooks.runner import EXIT_OK
-from slurmgpu.hooks.spool import read_baselines, spool_path
+from slurmgpu.hooks.spool import read_baselines, read_job_meta, spool_path
 from slurmgpu.hooks.spool import remove as spool_remove
 from slurmgpu.log import HookLog
 from slurmgpu.slurm.env import JobContext, job_context
@@ -60,12 +60,50 @@ def epilog(config: Config, env: Mapping[str, str], log: HookLog) -> int:
             store.save_job(ctx, list(baselines.values()), usage, time.time())
         finally:
             store.close()
+        group = (read_job_meta(spool) or {}).get("dcgm_group")
+        if isinstance(group, int):
+            _dcgm_job_stats(config, ctx, group, reading, log)
         spool_remove(spool)
         log("info", f"job {ctx.job_id}: recorded {len(usage)} GPU(s) on {ctx.node}")
+        try:  # the cluster-wide record in Slurm's AdminComment: best effort, never fails the epilog
+            from slurmgpu.slurm.admincomment import mirror_job_record
+
+            mirror_job_record(config, ctx, usage, log, env)
+        except Exception as exc:
+            log("warning", f"job {ctx.job_id}: GPU record not mirrored to AdminComment: {exc}")
         _post_job_health(config, ctx, reading, baselines, log)
     finally:
         owners.release(config.path("run_dir", ctx.node), ctx.gpus, ctx.job_id)  # the GPUs are free again
     return EXIT_OK
+
+
+def _dcgm_job_stats(config: Config, ctx: JobContext, group: int, reading: NodeReading, log: HookLog) -> None:
+    """DCGM's statistics of the job into its record; best effort (decision 5)."""
+    from dataclasses import asdict
+
+    from slurmgpu.collection.dcgm_stats import finish_job_stats
+
+    try:
+        stats = finish_job_stats(config, ctx, group, log)
+        if stats is None:
+            return
+        by_index = {g.index: g.minor for g in reading.gpus if g.minor is not None}
+        per_minor = {
+            by_index[g.gpu_id]: {
+                **asdict(g),
+                "slowdown_power_pct": stats.slowdown_power_pct,
+                "slowdown_thermal_pct": stats.slowdown_thermal_pct,
+            }
+            for g in stats.gpus
+            if g.gpu_id in by_index
+        }
+        store = Store.open(config.path("database", ctx.node))
+        try:
+            store.save_dcgm_stats(ctx, per_minor)
+        finally:
+            store.close()
+    except Exception as exc:
+        log("warning", f"job {ctx.job_id}: DCGM job statistics not recorded: {type(exc).__name__}: {exc}")
 
 
 def _post_job_health(

@@ -56,7 +56,13 @@ def prolog(config: Config, env: Mapping[str, str], log: HookLog) -> int:
         # seen and recorded; drain-class XIDs stay pending until an admin resumes the node
         watermark.advance(xids)
     owners.claim(config.path("run_dir", ctx.node), ctx.gpus, ctx.job_id)
-    _save_baselines(config, ctx, reading, xids)
+    group = None
+    if config.agent.dcgm_job_stats:
+        from slurmgpu.collection.dcgm_stats import dcgm_wanted, start_job_stats
+
+        if dcgm_wanted(config):
+            group = start_job_stats(config, ctx, reading, log)
+    _save_baselines(config, ctx, reading, xids, group)
     return EXIT_OK
 
 
@@ -84,7 +90,7 @@ def _needs_recording(config: Config, node: str, results: list[CheckResult]) -> b
 
 
 def _save_baselines(
-    config: Config, ctx: JobContext, reading: NodeReading, xids: list[XidEvent] | None
+    config: Config, ctx: JobContext, reading: NodeReading, xids: list[XidEvent] | None, dcgm_group: int | None
 ) -> None:
     from slurmgpu.collection.usage import baseline_from
     from slurmgpu.hooks.spool import spool_path, write_baselines
@@ -99,6 +105,7 @@ def _save_baselines(
         "partition": ctx.partition,
         "gpus": list(ctx.gpus),
         "start_epoch_seconds": min((b.taken_epoch_seconds for b in baselines), default=0.0),
+        "dcgm_group": dcgm_group,
     }
     write_baselines(
         spool_path(config.path("state_dir", ctx.node), ctx.cluster, ctx.node, ctx.job_id), baselines, meta

@@ -11,9 +11,13 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from slurmgpu.errors import InputError, SlurmError
 from slurmgpu.slurm.nodes import SINFO_NODE_FORMAT, SlurmNode, parse_gres_gpus, parse_sinfo_nodes
+
+if TYPE_CHECKING:
+    from slurmgpu.slurm.accounting import AccountingJob, NodeGpus, RunningJob
 
 # The parsable text format is stable across Slurm releases (the JSON layout is not). JobName is last because it is
 # the only field a user controls and it may contain the delimiter: everything after the last fixed field is the
@@ -131,12 +135,16 @@ class Slurm:
         self.slurm_conf = slurm_conf or os.environ.get("SLURM_CONF", "")
         self.timeout = timeout_seconds
 
-    def start(self, program: str, args: list[str]) -> Callable[[], str]:
+    def start(
+        self, program: str, args: list[str], extra_env: dict[str, str] | None = None
+    ) -> Callable[[], str]:
         """Start a command; the returned function waits for its output (callers work meanwhile)."""
         exe = self.bin_dir / program
-        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", **(extra_env or {})}
         if self.slurm_conf:
             env["SLURM_CONF"] = self.slurm_conf
+        if os.environ.get("TZ"):  # Slurm and Python must agree on local time (SLURM_TIME_FORMAT, dates)
+            env["TZ"] = os.environ["TZ"]
         try:
             proc = subprocess.Popen(
                 [str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
@@ -185,3 +193,77 @@ class Slurm:
         """GPUs Slurm configured on the node (its Gres), None when it has none or Slurm does not say."""
         out = self.run("sinfo", ["-h", "-N", "-n", node, "-o", "%G"])
         return parse_gres_gpus(out.splitlines()[0]) if out.strip() else None
+
+    # -- reports and the cluster-wide record (parsers in slurm/accounting.py) ------------------------------------
+
+    def accounting_jobs(
+        self,
+        since_epoch: float,
+        until_epoch: float,
+        *,
+        account: str | None = None,
+        user: str | None = None,
+        partition: str | None = None,
+        cluster: str | None = None,
+    ) -> list[AccountingJob]:
+        """Allocations (-X) of all users that were eligible or ran within [since, until), with AllocTRES and the
+        AdminComment (callers filter on state and end time); `cluster`: another cluster of the same slurmdbd."""
+        from slurmgpu.slurm.accounting import DELIMITER, REPORT_FIELDS, parse_accounting
+
+        args = ["-X", "-n", "-P", f"--delimiter={DELIMITER}", "-S", _slurm_time(since_epoch)]
+        args += ["-E", _slurm_time(until_epoch), "-o", ",".join(REPORT_FIELDS)]
+        args += ["-u", user] if user else ["-a"]
+        if account:
+            args += ["-A", account]
+        if partition:
+            args += ["-r", partition]
+        if cluster:
+            args += ["-M", cluster]
+        return parse_accounting(self.start("sacct", args, {"SLURM_TIME_FORMAT": "%s"})())
+
+    def admin_comments(self, job_ids: list[int]) -> dict[int, str]:
+        """Raw job id -> its AdminComment in the accounting database ('' when empty; absent when sacct does not
+        know the job, for example right after it ended while slurmdbd catches up)."""
+        from slurmgpu.slurm.accounting import COMMENT_FIELDS, DELIMITER, parse_admin_comments
+
+        if not job_ids:
+            return {}
+        spec = ",".join(str(int(j)) for j in job_ids)
+        args = ["-X", "-n", "-P", f"--delimiter={DELIMITER}", "-j", spec, "-o", ",".join(COMMENT_FIELDS)]
+        return parse_admin_comments(self.run("sacct", args))
+
+    def set_admin_comment(self, job_id: int, value: str) -> None:
+        """Replace a finished job's AdminComment in the accounting database (root; `scontrol update` refuses
+        finished jobs). Only our own encoding is written: lowercase letters, digits and ':' (what 22.05's
+        sacctmgr keeps intact), so the value can never carry sacctmgr syntax."""
+        if not value or not set(value) <= _ADMIN_COMMENT_ALPHABET:
+            raise InputError("an AdminComment written by slurmgpu must be lowercase letters, digits and ':'")
+        out = self.run(
+            "sacctmgr",
+            ["-i", "modify", "job", "where", f"jobid={int(job_id)}", "set", f"AdminComment={value}"],
+        )
+        if "Modified jobs" not in out:
+            first = (out.strip().splitlines() or ["no output"])[0].strip()
+            raise SlurmError(f"sacctmgr did not modify job {job_id}: {first}")
+
+    def running_jobs(self, user: str | None = None) -> list[RunningJob]:
+        from slurmgpu.slurm.accounting import SQUEUE_FORMAT, parse_running
+
+        args = ["-h", "-t", "RUNNING", "-o", SQUEUE_FORMAT] + (["-u", user] if user else [])
+        return parse_running(self.start("squeue", args, {"SLURM_TIME_FORMAT": "%s"})())
+
+    def gpu_nodes(self) -> list[NodeGpus]:
+        """Every node once, with the GPUs Slurm configured there (Gres) and its state."""
+        from slurmgpu.slurm.accounting import SINFO_GPU_FORMAT, parse_gpu_nodes
+
+        return parse_gpu_nodes(self.run("sinfo", ["-h", "-N", "-o", SINFO_GPU_FORMAT]))
+
+
+_ADMIN_COMMENT_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz0123456789:")
+
+
+def _slurm_time(epoch: float) -> str:
+    """Local time as sacct's -S/-E take it."""
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch))

@@ -11,9 +11,9 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from slurmgpu.collection.aggregate import JobGpuAggregate
 from slurmgpu.errors import NotFoundError, StoreError
@@ -23,6 +23,7 @@ from slurmgpu.slurm.jobid import JobId
 from slurmgpu.store.records import Baseline, JobGpuUsage, JobMeta, JobRecord
 
 BUSY_TIMEOUT_SECONDS = 10.0
+T = TypeVar("T")
 
 
 class Store:
@@ -243,6 +244,24 @@ class Store:
         ).fetchall()
         return [JobGpuAggregate.from_json(json.loads(r[0])) for r in rows]
 
+    def save_dcgm_stats(self, ctx: JobContext, per_minor: dict[int, dict[str, Any]]) -> None:
+        with self.transaction() as c:
+            c.executemany(
+                """INSERT OR REPLACE INTO job_dcgm_stats (cluster, job_id, node, minor, stats_json)
+                   VALUES (?, ?, ?, ?, ?)""",
+                [
+                    (ctx.cluster, ctx.job_id, ctx.node, minor, json.dumps(stats, sort_keys=True))
+                    for minor, stats in per_minor.items()
+                ],
+            )
+
+    def dcgm_stats(self, cluster: str, job_id: int) -> dict[tuple[str, int], dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT node, minor, stats_json FROM job_dcgm_stats WHERE cluster = ? AND job_id = ?",
+            (cluster, job_id),
+        ).fetchall()
+        return {(r[0], int(r[1])): json.loads(r[2]) for r in rows}
+
     def usage_recorded(self, cluster: str, job_id: int, node: str) -> bool:
         row = self.conn.execute(
             "SELECT 1 FROM job_gpus WHERE cluster = ? AND job_id = ? AND node = ? LIMIT 1",
@@ -435,6 +454,21 @@ class Store:
         )
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def read_consistently(path: Path, read: Callable[[Store], T], attempts: int = 3) -> T:
+    """Run `read` on the store opened for any user (Store.open_reader); read again if a writer changed a store
+    opened as immutable meanwhile."""
+    for _ in range(attempts):
+        store = Store.open_reader(path)
+        try:
+            result = read(store)
+            if store.unchanged_since_open():
+                return result
+        finally:
+            store.close()
+        time.sleep(0.05)
+    raise StoreError(f"job store {path} kept changing while being read; try again")
 
 
 def _file_signature(path: Path) -> tuple[int, int, int]:

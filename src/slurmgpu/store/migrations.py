@@ -145,7 +145,122 @@ def _m3_agent_aggregates(db: Any) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_m1_initial, _m2_health_results, _m3_agent_aggregates]
+# One job's usage per GPU model, summed from its job_gpus rows (store/usage.py is the same in Python). The idle
+# threshold is the design's 5% (usage.ROLLUP_IDLE_PCT); reports with another threshold read job_gpus instead.
+_WINDOW = "max(0.0, g.end_epoch - g.start_epoch)"
+_MEMORY_KNOWN = "g.memory_peak_bytes IS NOT NULL AND g.memory_total_bytes > 0"
+_ROLLUP_SELECT = f"""
+    SELECT g.cluster, g.job_id, coalesce(g.model, ''), j.user, coalesce(j.account, ''), coalesce(j.partition, ''),
+           j.first_seen_epoch,
+           coalesce(g.model, '') = (SELECT min(coalesce(x.model, '')) FROM job_gpus x
+                                    WHERE x.cluster = g.cluster AND x.job_id = g.job_id),
+           count(*),
+           total({_WINDOW}),
+           total(g.utilization_mean_pct / 100.0 * {_WINDOW}),
+           total(CASE WHEN g.utilization_mean_pct IS NOT NULL THEN {_WINDOW} END),
+           total(CASE WHEN g.utilization_mean_pct < 5.0 THEN {_WINDOW} END),
+           total(g.energy_joules),
+           total(CASE WHEN g.energy_joules IS NOT NULL THEN {_WINDOW} END),
+           total(CASE WHEN {_MEMORY_KNOWN} THEN 1.0 * g.memory_peak_bytes / g.memory_total_bytes * {_WINDOW} END),
+           total(CASE WHEN {_MEMORY_KNOWN} THEN {_WINDOW} END)
+    FROM job_gpus g JOIN jobs j ON j.cluster = g.cluster AND j.job_id = g.job_id"""  # noqa: S608 - fixed fragments
+_ROLLUP_COLUMNS = """(cluster, job_id, model, user, account, partition, end_epoch, job_share, gpus, gpu_seconds,
+    used_gpu_seconds, util_known_gpu_seconds, idle_gpu_seconds, energy_joules, energy_known_gpu_seconds,
+    memory_fraction_gpu_seconds, memory_known_gpu_seconds)"""
+
+
+def _rollup_job(row: str) -> str:
+    """Trigger statements that recompute the rollup of the job of `row` (NEW or OLD) from scratch: idempotent, and
+    right after INSERT OR REPLACE too (whose implicit delete fires no trigger)."""
+    return f"""
+        DELETE FROM job_usage WHERE cluster = {row}.cluster AND job_id = {row}.job_id;
+        INSERT INTO job_usage {_ROLLUP_COLUMNS}
+        {_ROLLUP_SELECT}
+        WHERE g.cluster = {row}.cluster AND g.job_id = {row}.job_id
+        GROUP BY coalesce(g.model, '');"""  # noqa: S608 - fixed fragments
+
+
+def _m4_reports(db: Any) -> None:
+    """Reports: the per-job usage rollup `job_usage` (kept by triggers, filled from existing rows), its indexes, an
+    index for time windows on `jobs`, and job notes (what mirroring into Slurm's AdminComment could not do)."""
+    db.execute(
+        """CREATE TABLE job_usage (
+            cluster TEXT NOT NULL,
+            job_id INTEGER NOT NULL,
+            model TEXT NOT NULL,
+            user TEXT NOT NULL,
+            account TEXT NOT NULL,
+            partition TEXT NOT NULL,
+            end_epoch FLOAT NOT NULL,
+            job_share INTEGER NOT NULL,
+            gpus INTEGER NOT NULL,
+            gpu_seconds FLOAT NOT NULL,
+            used_gpu_seconds FLOAT NOT NULL,
+            util_known_gpu_seconds FLOAT NOT NULL,
+            idle_gpu_seconds FLOAT NOT NULL,
+            energy_joules FLOAT NOT NULL,
+            energy_known_gpu_seconds FLOAT NOT NULL,
+            memory_fraction_gpu_seconds FLOAT NOT NULL,
+            memory_known_gpu_seconds FLOAT NOT NULL,
+            PRIMARY KEY (cluster, job_id, model)
+        )"""
+    )
+    db.execute(
+        f"INSERT INTO job_usage {_ROLLUP_COLUMNS} {_ROLLUP_SELECT} GROUP BY g.cluster, g.job_id, coalesce(g.model, '')"
+    )
+    for columns in (["end_epoch"], ["account", "end_epoch"], ["user", "end_epoch"]):
+        db["job_usage"].create_index(columns)
+    db.execute(f"CREATE TRIGGER job_usage_gpu_insert AFTER INSERT ON job_gpus BEGIN {_rollup_job('NEW')} END")
+    db.execute(
+        "CREATE TRIGGER job_usage_gpu_update AFTER UPDATE ON job_gpus BEGIN "
+        f"{_rollup_job('OLD')} {_rollup_job('NEW')} END"
+    )
+    db.execute(f"CREATE TRIGGER job_usage_gpu_delete AFTER DELETE ON job_gpus BEGIN {_rollup_job('OLD')} END")
+    db.execute(
+        """CREATE TRIGGER job_usage_job_update AFTER UPDATE OF user, account, partition, first_seen_epoch ON jobs
+           BEGIN
+               UPDATE job_usage SET user = NEW.user, account = coalesce(NEW.account, ''),
+                   partition = coalesce(NEW.partition, ''), end_epoch = NEW.first_seen_epoch
+               WHERE cluster = NEW.cluster AND job_id = NEW.job_id;
+           END"""
+    )
+    db.execute(
+        """CREATE TRIGGER job_usage_job_delete AFTER DELETE ON jobs
+           BEGIN DELETE FROM job_usage WHERE cluster = OLD.cluster AND job_id = OLD.job_id; END"""
+    )
+    db["jobs"].create_index(["first_seen_epoch"])
+    db["job_notes"].create(
+        {
+            "id": int,
+            "epoch": float,
+            "cluster": str,
+            "job_id": int,
+            "node": str,
+            "kind": str,
+            "detail": str,
+        },
+        pk="id",
+        not_null={"epoch", "cluster", "job_id", "node", "kind", "detail"},
+    )
+    db["job_notes"].create_index(["cluster", "job_id"])
+
+
+def _m5_dcgm_job_stats(db: Any) -> None:
+    """DCGM's own statistics of a job, per GPU, when dcgmi is installed (parsed `dcgmi stats -v -j`)."""
+    db["job_dcgm_stats"].create(
+        {"cluster": str, "job_id": int, "node": str, "minor": int, "stats_json": str},
+        pk=KEY,
+        not_null={"cluster", "job_id", "node", "minor", "stats_json"},
+    )
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [
+    _m1_initial,
+    _m2_health_results,
+    _m3_agent_aggregates,
+    _m4_reports,
+    _m5_dcgm_job_stats,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
