@@ -1,10 +1,12 @@
-"""The demo: a real local Slurm (3 nodes x 4 simulated H100s) running slurmgpu's prolog and epilog, a few GPU jobs
-by alice and bob, and what `slurmgpu job` says about each. Everything runs under /tmp and is stopped at the end."""
+"""The demo: a real local Slurm (3 nodes x 4 simulated GPUs: H100s on gn1 and gn2, V100s on gn3) running
+slurmgpu's prolog and epilog, a few GPU jobs by alice and bob, what `slurmgpu job` says about each, and
+`slurmgpu report` over them. Everything runs under /tmp and is stopped at the end."""
 
 from __future__ import annotations
 
 import shutil
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,6 +50,13 @@ def main() -> int:
             state = c.wait_job(job, timeout=120)
             print(f"\n$ slurmgpu job {job}      # Slurm says: {state}")
             print(running.slurmgpu("job", str(job)).stdout)
+        print("$ slurmgpu report --since 1h --by user")
+        print(running.slurmgpu("report", "--since", "1h", "--by", "user").stdout)
+        print("$ slurmgpu report --account ml-team --since 1h --source slurmdbd   # from Slurm accounting")
+        time.sleep(3)  # the epilogs' AdminComment records land a few seconds after the jobs
+        print(
+            running.slurmgpu("report", "--account", "ml-team", "--since", "1h", "--source", "slurmdbd").stdout
+        )
         print(f"the job store is {running.root}/slurmgpu/state/slurmgpu.db; hook log:")
         print("".join(running.hook_log().splitlines(keepends=True)[-6:]))
         return 0
