@@ -115,6 +115,7 @@ class SimulatorConfig:
     # PCI order differently from /dev/nvidiaN numbering, which is why we map by minor number.
     minor_order: tuple[int, ...] = ()
     accounting_mode: bool = True
+    xid_events: bool = True  # the driver offers XID event sets (nvmlDeviceRegisterEvents); off: NotSupported
     node_models: tuple[tuple[str, str], ...] = ()
 
     def model_for(self, node: str) -> str:

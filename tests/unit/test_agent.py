@@ -221,7 +221,10 @@ def test_series_stays_bounded_and_keeps_its_mean() -> None:
     assert abs(total - sum(i % 100 for i in range(1000)) / 1000) < 1e-9
 
 
-def test_xid_during_a_job_is_recorded_against_it_and_drains(cfg: Path) -> None:
+@pytest.mark.parametrize("events", [True, False], ids=["nvml-events", "kernel-log"])
+def test_xid_during_a_job_is_recorded_against_it_and_drains(cfg: Path, events: bool) -> None:
+    if not events:
+        cfg.write_text(cfg.read_text().replace("[simulator]", "[simulator]\nxid_events = false"))
     bindir = cfg.parent / "bin"
     bindir.mkdir()
     (bindir / "scontrol").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {cfg.parent}/scontrol.args\n')
@@ -231,6 +234,7 @@ def test_xid_during_a_job_is_recorded_against_it_and_drains(cfg: Path) -> None:
     hook("prolog", cfg, 51, "2")
     a = agent_for(cfg)
     a.round()
+    assert a._xid_source == ("nvml-events" if events else "kernel-log")
     assert not (cfg.parent / "scontrol.args").exists()
     control.inject_fault(sim(cfg), 2, "xid", code=79)
     snap = a.round()

@@ -16,7 +16,7 @@ from slurmgpu.sim import fake_pynvml
 
 def test_constants_match_real_pynvml() -> None:
     for name in dir(fake_pynvml):
-        if name.startswith(("NVML_", "nvmlClocks")):
+        if name.startswith(("NVML_", "nvmlClocks", "nvmlEventType")):
             assert hasattr(pynvml, name), name
             assert getattr(fake_pynvml, name) == getattr(pynvml, name), name
 

@@ -117,3 +117,22 @@ def test_two_lost_gpus_stay_unnamed_rather_than_guessed(tmp_path) -> None:
     control.inject_fault(node, 1, "lost")
     gpus = backend_for(node).read_node().gpus
     assert [g.minor for g in gpus[:2]] == [None, None]
+
+
+def test_xid_events_arrive_through_the_event_set(tmp_path) -> None:
+    node = sim_node(tmp_path, minor_order=(2, 0, 3, 1))
+    control.inject_fault(node, 3, "xid", code=13)  # before registration: not an event
+    backend = backend_for(node)
+    assert backend.open_xid_events() is None
+    assert backend.poll_xid_events() == []
+    control.inject_fault(node, 3, "xid", code=79)  # minor 3 is NVML index 2
+    control.inject_fault(node, 0, "xid", code=48)  # minor 0 is NVML index 1
+    assert sorted(backend.poll_xid_events() or []) == [(1, 48), (2, 79)]
+    assert backend.poll_xid_events() == []
+
+
+def test_xid_events_not_supported_is_said(tmp_path) -> None:
+    backend = backend_for(sim_node(tmp_path, xid_events=False))
+    why = backend.open_xid_events()
+    assert why is not None and "NotSupported" in why
+    assert backend.poll_xid_events() is None

@@ -67,6 +67,7 @@ class Agent:
         self.snapshot = Snapshot()
         self.rounds = 0
         self._tail: KernelLogTail | None = None  # the kernel log, read incrementally
+        self._xid_source = "kernel-log"
         self._xid_counts: dict[int, int] = {}  # XIDs per GPU minor since boot (for the exporter)
         self._owners_cache: tuple[int, dict[int, list[int]]] | None = None
         self._lock = threading.Lock()
@@ -224,20 +225,37 @@ class Agent:
         first = self._tail is None
         if self._tail is None:
             self._tail = KernelLogTail(kernel_log_path(self.config, self.node))
+            # NVML's event set where the driver offers it (XIDs as they happen, with the GPU handle); the
+            # kernel log otherwise. The kernel log also keeps the per-GPU counts since boot for the exporter.
+            why_not = self.backend.open_xid_events()
+            self._xid_source = "kernel-log" if why_not else "nvml-events"
+            self.log(
+                "info", f"XID source: {self._xid_source}" + (f" (NVML events: {why_not})" if why_not else "")
+            )
+        ok = True
         try:
             text, restarted = self._tail.read_new()
         except OSError as exc:
             self.log("warning", f"kernel log unreadable: {exc}")
-            return False, dict(self._xid_counts)
+            text, restarted, ok = "", False, False
         by_bus = {short_bus_id(g.pci_bus_id): g.minor for g in reading.gpus if g.pci_bus_id}
-        new = [XidEvent(code, by_bus.get(bus), bus, line) for bus, code, line in parse_xid_lines(text)]
+        logged = [XidEvent(code, by_bus.get(bus), bus, line) for bus, code, line in parse_xid_lines(text)]
         if restarted:
             self._xid_counts = {}
-        for event in new:
+        for event in logged:
             if event.minor is not None:
                 self._xid_counts[event.minor] = self._xid_counts.get(event.minor, 0) + 1
+        new = logged
+        if self._xid_source == "nvml-events":
+            polled = self.backend.poll_xid_events()
+            if polled is None:
+                ok = False
+                polled = []
+            minor_of = {g.index: g.minor for g in reading.gpus}
+            bus_of = {g.index: short_bus_id(g.pci_bus_id) for g in reading.gpus if g.pci_bus_id}
+            new = [XidEvent(code, minor_of.get(i), bus_of.get(i, ""), "NVML event") for i, code in polled]
         if first:
-            return True, dict(
+            return ok, dict(
                 self._xid_counts
             )  # what happened before the agent started is counted, not acted on
         for event in new:
@@ -259,7 +277,7 @@ class Agent:
                     log=self.log,
                     update_last=False,
                 )
-        return True, dict(self._xid_counts)
+        return ok, dict(self._xid_counts)
 
     def run_forever(self, stop: threading.Event) -> None:
         interval = self.config.agent.interval_seconds

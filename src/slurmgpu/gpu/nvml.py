@@ -66,6 +66,7 @@ class NvmlBackend:
         self._timeout = timeout_seconds
         self._initialised = False
         self._workers: dict[str, _Worker] = {}
+        self._event_set: Any = None
 
     def read_node(
         self,
@@ -319,6 +320,44 @@ class NvmlBackend:
                 return None
         value = q("clock_event_reasons", nv.nvmlDeviceGetCurrentClocksThrottleReasons, handle)
         return None if value is None else int(value)
+
+    def open_xid_events(self) -> str | None:
+        """Register every GPU for XID events (nvmlEventTypeXidCriticalError). None when it worked, else why not
+        (not supported, a lost GPU, a timeout): the caller falls back to the kernel log."""
+        nv = self._nvml
+        deadline = time.monotonic() + self._timeout
+
+        def register() -> None:
+            event_set = nv.nvmlEventSetCreate()
+            for index in range(nv.nvmlDeviceGetCount()):
+                nv.nvmlDeviceRegisterEvents(
+                    nv.nvmlDeviceGetHandleByIndex(index), nv.nvmlEventTypeXidCriticalError, event_set
+                )
+            self._event_set = event_set
+
+        err = self._call_boxed(self._init, deadline) or self._call_boxed(register, deadline)
+        return err
+
+    def poll_xid_events(self) -> list[tuple[int, int]] | None:
+        """XIDs that arrived since the last poll, as (NVML index, code), without waiting; None if the wait hung
+        or failed (time-boxed like every call)."""
+        nv = self._nvml
+        if self._event_set is None:
+            return None
+        events: list[tuple[int, int]] = []
+
+        def drain() -> None:
+            while True:
+                try:
+                    data = nv.nvmlEventSetWait(self._event_set, 0)
+                except nv.NVMLError_Timeout:
+                    return
+                if data.eventType & nv.nvmlEventTypeXidCriticalError:
+                    events.append((int(nv.nvmlDeviceGetIndex(data.device)), int(data.eventData)))
+
+        if self._call_boxed(drain, time.monotonic() + self._timeout):
+            return None
+        return events
 
     def _utilization_samples(self, handle: Any, since_us: int, q: Any) -> tuple[tuple[int, int], ...] | None:
         """The driver's utilization history since `since_us` (NotFound: no sample since then)."""

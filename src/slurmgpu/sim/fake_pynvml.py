@@ -58,6 +58,8 @@ NVML_VALUE_TYPE_UNSIGNED_INT = 1
 SAMPLE_PERIOD_SECONDS = 1 / 6
 SAMPLE_BUFFER = 120
 
+nvmlEventTypeXidCriticalError = 0x0000000000000008
+
 nvmlClocksEventReasonGpuIdle = 0x0000000000000001
 nvmlClocksEventReasonSwPowerCap = 0x0000000000000004
 nvmlClocksEventReasonHwSlowdown = 0x0000000000000008
@@ -130,7 +132,11 @@ def _make_error_classes() -> None:
 
 
 _make_error_classes()
-_EXPORTED = [n for n in dir(sys.modules[__name__]) if n.startswith(("NVML_", "NVMLError", "nvmlClocks"))]
+_EXPORTED = [
+    n
+    for n in dir(sys.modules[__name__])
+    if n.startswith(("NVML_", "NVMLError", "nvmlClocks", "nvmlEventType"))
+]
 
 
 def _raise(code: int) -> NoReturn:
@@ -147,6 +153,13 @@ class _Handle:
 
     def __repr__(self) -> str:
         return f"<c_nvmlDevice_t (simulated) {self.ordinal}>"
+
+
+class _EventSet:
+    """Stands in for c_nvmlEventSet_t: which GPUs are registered, and how many of their XIDs were handed out."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, int] = {}
 
 
 class _Device:
@@ -415,6 +428,51 @@ def make_module(sim: SimNode) -> ModuleType:
         if not samples:
             _raise(NVML_ERROR_NOT_FOUND)
         return NVML_VALUE_TYPE_UNSIGNED_INT, samples
+
+    def nvmlDeviceGetIndex(handle: _Handle) -> int:
+        dev.check_init()
+        return handle.ordinal
+
+    def nvmlDeviceGetSupportedEventTypes(handle: _Handle) -> int:
+        dev.gpu(handle)
+        return nvmlEventTypeXidCriticalError
+
+    def nvmlEventSetCreate() -> _EventSet:
+        dev.check_init()
+        return _EventSet()
+
+    def nvmlDeviceRegisterEvents(handle: _Handle, eventTypes: int, eventSet: _EventSet) -> None:
+        _, gpu = dev.gpu(handle)
+        if not eventTypes & nvmlEventTypeXidCriticalError or not sim.config.xid_events:
+            _raise(NVML_ERROR_NOT_SUPPORTED)
+        eventSet.seen[handle.ordinal] = len(gpu["faults"]["xids"])  # only XIDs from now on, like the driver
+
+    def nvmlEventSetWait(eventSet: _EventSet, timeoutms: int) -> SimpleNamespace:
+        """The next XID on a registered GPU; NVMLError_Timeout when none comes within timeoutms."""
+        dev.check_init()
+        deadline = time.monotonic() + timeoutms / 1000
+        while True:
+            state = sim.state()
+            for ordinal, seen in eventSet.seen.items():
+                xids = state["gpus"][ordinal]["faults"]["xids"]
+                if len(xids) > seen:
+                    eventSet.seen[ordinal] = seen + 1
+                    return SimpleNamespace(
+                        device=_Handle(ordinal),
+                        eventType=nvmlEventTypeXidCriticalError,
+                        eventData=int(xids[seen][1]),
+                        gpuInstanceId=0xFFFFFFFF,
+                        computeInstanceId=0xFFFFFFFF,
+                    )
+            if time.monotonic() >= deadline:
+                _raise(NVML_ERROR_TIMEOUT)
+            time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+
+    def nvmlEventSetWait_v2(eventSet: _EventSet, timeoutms: int) -> SimpleNamespace:
+        return nvmlEventSetWait(eventSet, timeoutms)
+
+    def nvmlEventSetFree(eventSet: _EventSet) -> None:
+        eventSet.seen.clear()
 
     def nvmlDeviceGetComputeRunningProcesses(handle: _Handle) -> list[SimpleNamespace]:
         _, gpu, now, _ = _now_load(handle)
