@@ -143,6 +143,11 @@ class Config:
         return Path(self.simulator.state_dir)
 
 
+def safe_filename(text: str) -> str:
+    """A node or cluster name made safe as one path component (letters, digits, '-', '_', '.')."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
 def config_path(env: Mapping[str, str] | None = None) -> Path:
     source = os.environ if env is None else env
     return Path(source.get("SLURMGPU_CONFIG") or DEFAULT_CONFIG_PATH)

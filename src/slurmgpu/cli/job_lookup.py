@@ -57,9 +57,7 @@ def job_summary(config: Config, text: str, cluster: str = "") -> JobSummary:
 
     job = parse_job_id(text)  # bad input fails before anything is opened
     viewer = current_viewer(config)
-    slurm = Slurm(
-        config.path("slurm_bin_dir"), config.paths.slurm_conf, config.thresholds.slurm_command_timeout_seconds
-    )
+    slurm = Slurm.for_config(config)
     sacct: SacctJob | None = None
     slurm_error: str | None = None
     try:

@@ -199,14 +199,14 @@ def capacity(days: int, horizon: int, threshold: float | None, as_json: bool) ->
 
     from slurmgpu.access import current_viewer
     from slurmgpu.reports import capacity as cap
-    from slurmgpu.reports.sources import slurm_for
+    from slurmgpu.slurm.commands import Slurm
 
     config = load_cli_config()
     current_viewer(config).require_admin("slurmgpu capacity")
     now = time.time()
     today = datetime.fromtimestamp(now)
     since = datetime(today.year, today.month, today.day).timestamp() - (days - 1) * 86400.0
-    slurm = slurm_for(config)
+    slurm = Slurm.for_config(config)
     nodes = slurm.gpu_nodes()
     jobs = slurm.accounting_jobs(since, now)
     result = cap.capacity(
@@ -256,7 +256,7 @@ def idle(minutes: float, user: str | None, notify: str | None, cluster: str, as_
 
     from slurmgpu.access import current_viewer
     from slurmgpu.reports import idle as idle_lib
-    from slurmgpu.reports.sources import slurm_for
+    from slurmgpu.slurm.commands import Slurm
     from slurmgpu.slurm.env import cluster_name
     from slurmgpu.store.db import read_consistently
 
@@ -265,7 +265,7 @@ def idle(minutes: float, user: str | None, notify: str | None, cluster: str, as_
     if notify is not None and not template:
         raise click.UsageError("--notify needs a command")
     viewer = current_viewer(config)
-    running = slurm_for(config).running_jobs(viewer.only_user(user))
+    running = Slurm.for_config(config).running_jobs(viewer.only_user(user))
     cluster = cluster or cluster_name(config.cluster, config.paths.slurm_conf)
     aggregates = read_consistently(
         config.path("database"),

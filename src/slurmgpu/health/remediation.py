@@ -13,16 +13,10 @@ from slurmgpu.config import Config
 from slurmgpu.errors import SlurmError
 from slurmgpu.gpu.types import NodeReading
 from slurmgpu.health.policy import Decision, decide, keep_after_race
-from slurmgpu.health.results import CheckResult
+from slurmgpu.health.results import CheckResult, worst_status
 from slurmgpu.log import HookLog
 from slurmgpu.slurm.commands import Slurm
 from slurmgpu.slurm.nodes import SlurmNode
-
-
-def slurm_for(config: Config) -> Slurm:
-    return Slurm(
-        config.path("slurm_bin_dir"), config.paths.slurm_conf, config.thresholds.slurm_command_timeout_seconds
-    )
 
 
 def _nodes(slurm: Slurm, log: HookLog) -> list[SlurmNode]:
@@ -53,7 +47,7 @@ def remediate(
     `update_last` is off for partial results (the agent's single XID) that must not replace the node's last full
     check."""
     h = config.health
-    slurm = slurm_for(config)
+    slurm = Slurm.for_config(config)
     decision = Decision("none", "", "healthy")
     if any(r.status == "fail" for r in results):
         nodes = _nodes(slurm, log)
@@ -141,8 +135,7 @@ def _record(
             if update_last:
                 from slurmgpu.health.status_file import swap_status
 
-                bad = [r.status for r in results + extra]
-                swap_status(config, node, "fail" if "fail" in bad else "warn" if "warn" in bad else "ok")
+                swap_status(config, node, worst_status(results + extra))
             if decision.action == "drain":
                 named = {r.minor for r in results if r.status == "fail"}
                 store.record_drain(

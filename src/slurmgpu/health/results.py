@@ -23,6 +23,12 @@ class CheckResult:
         return f"gpu{self.minor}" if self.minor is not None else "node"
 
 
+def worst_status(results: list[CheckResult]) -> Status:
+    """fail if any check failed, else warn if any warned, else ok."""
+    statuses = {r.status for r in results}
+    return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "ok"
+
+
 def failures(results: list[CheckResult]) -> list[CheckResult]:
     return [r for r in results if r.status == "fail"]
 

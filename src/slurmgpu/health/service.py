@@ -14,11 +14,12 @@ from slurmgpu.gpu.backend import open_backend
 from slurmgpu.gpu.types import NodeReading
 from slurmgpu.health.checks import prolog_checks
 from slurmgpu.health.policy import Decision
-from slurmgpu.health.remediation import remediate, slurm_for
-from slurmgpu.health.results import CheckResult
+from slurmgpu.health.remediation import remediate
+from slurmgpu.health.results import CheckResult, worst_status
 from slurmgpu.health.status_file import swap_status
 from slurmgpu.health.xid_source import Watermark, all_xids
 from slurmgpu.log import HookLog
+from slurmgpu.slurm.commands import Slurm
 from slurmgpu.slurm.env import cluster_name
 from slurmgpu.slurm.nodes import MANUAL_PREFIX, SlurmNode
 from slurmgpu.store.db import Store
@@ -52,12 +53,6 @@ def local_node(node: str | None) -> str:
     return node or os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
 
 
-def overall(results: list[CheckResult]) -> str:
-    if any(r.status == "fail" for r in results):
-        return "fail"
-    return "warn" if any(r.status == "warn" for r in results) else "ok"
-
-
 def run_health(
     config: Config,
     node: str,
@@ -80,7 +75,7 @@ def run_health(
     expected = config.health.expected_gpus or _slurm_gpus(config, node)
     results = prolog_checks(reading, (), config.health, expected_gpus=expected, xids=new)
     results += _dcgm_results(config, diag_level, reading)
-    status = overall(results)
+    status = worst_status(results)
     action, detail = "none", ""
     if slurm_mode:
         decision = remediate(
@@ -106,7 +101,7 @@ def run_health(
 
 def _slurm_gpus(config: Config, node: str) -> int | None:
     try:
-        return slurm_for(config).node_gpus(node)
+        return Slurm.for_config(config).node_gpus(node)
     except SlurmError:
         return None  # no Slurm here (or not this node): the count check needs [health] expected_gpus
 
@@ -136,7 +131,7 @@ def _record(config: Config, node: str, results: list[CheckResult]) -> None:
 
 
 def _lift_own_drain(config: Config, node: str, log: HookLog) -> tuple[str, str] | None:
-    slurm = slurm_for(config)
+    slurm = Slurm.for_config(config)
     me = next((n for n in slurm.nodes() if n.name == node), None)
     if me is None or not me.drained_automatically:
         return None
@@ -178,7 +173,7 @@ class NodeView:
 
 
 def nodes_view(config: Config) -> list[NodeView]:
-    nodes = slurm_for(config).nodes()
+    nodes = Slurm.for_config(config).nodes()
     last: dict[str, dict[str, object]] = {}
     try:
         store = Store.open(config.path("database"), readonly=True)
@@ -213,7 +208,7 @@ def drain_nodes(config: Config, names: list[str], reason: str) -> list[str]:
         raise InputError("--reason must say why")
     full = f"{MANUAL_PREFIX}{text}"
     _require_writable_store(config, names)
-    slurm = slurm_for(config)
+    slurm = Slurm.for_config(config)
     known = {n.name for n in slurm.nodes()}
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -230,7 +225,7 @@ def resume_nodes(config: Config, names: list[str], *, force: bool) -> tuple[list
     """Lift slurmgpu's drains. Refuses drains set by others, and nodes whose last check failed unless forced.
     Returns (done, refused) messages."""
     _require_writable_store(config, names)
-    slurm = slurm_for(config)
+    slurm = Slurm.for_config(config)
     table: dict[str, SlurmNode] = {n.name: n for n in slurm.nodes()}
     done, refused = [], []
     for name in names:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 
-from slurmgpu.config import Config
+from slurmgpu.config import Config, safe_filename
 
 
 def swap_status(config: Config, node: str, status: str) -> str:
     """Write the new status; return the previous one ("ok" when unknown)."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in node)
-    path = config.path("state_dir", node) / "health" / f"{safe}.status"
+    path = config.path("state_dir", node) / "health" / f"{safe_filename(node)}.status"
     previous = "ok"
     with contextlib.suppress(FileNotFoundError):
         previous = path.read_text().strip() or "ok"

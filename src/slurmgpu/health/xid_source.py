@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from slurmgpu.config import Config
+from slurmgpu.config import Config, safe_filename
 from slurmgpu.gpu.types import NodeReading
 from slurmgpu.gpu.xid import parse_xid_lines, read_kernel_log, short_bus_id
 from slurmgpu.health.checks import XidEvent
@@ -49,8 +49,7 @@ class Watermark:
     """How many of the node's kernel-log XID lines are already handled (flock'ed JSON file, root-only)."""
 
     def __init__(self, config: Config, node: str) -> None:
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in node)
-        self.path = config.path("state_dir", node) / "health" / f"{safe}.xid.json"
+        self.path = config.path("state_dir", node) / "health" / f"{safe_filename(node)}.xid.json"
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -9,7 +9,7 @@ from slurmgpu.config import Config
 from slurmgpu.gpu.backend import open_backend
 from slurmgpu.gpu.types import NodeReading
 from slurmgpu.health.checks import XidEvent, prolog_checks
-from slurmgpu.health.results import CheckResult
+from slurmgpu.health.results import CheckResult, worst_status
 from slurmgpu.health.xid_source import Watermark, all_xids, xid_counts_by_minor
 from slurmgpu.hooks import owners
 from slurmgpu.hooks.runner import EXIT_HARDWARE_FAULT, EXIT_OK
@@ -80,11 +80,7 @@ def _needs_recording(config: Config, node: str, results: list[CheckResult]) -> b
     """A store write only when something is wrong, or to clear a previous problem (a small status file knows)."""
     from slurmgpu.health.status_file import swap_status
 
-    status = (
-        "fail"
-        if any(r.status == "fail" for r in results)
-        else ("warn" if any(r.status == "warn" for r in results) else "ok")
-    )
+    status = worst_status(results)
     previous = swap_status(config, node, status)
     return status != "ok" or previous != "ok"
 

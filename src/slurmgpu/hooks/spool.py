@@ -14,13 +14,14 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from slurmgpu.config import safe_filename
 from slurmgpu.store.records import Baseline
 
 SPOOL_VERSION = 1
 
 
 def spool_path(state_dir: Path, cluster: str, node: str, job_id: int) -> Path:
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{cluster}.{node}")
+    safe = safe_filename(f"{cluster}.{node}")
     return state_dir / "spool" / f"{safe}.{job_id}.json"
 
 

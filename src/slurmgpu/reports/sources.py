@@ -35,12 +35,6 @@ def _no_progress(done: int, total: int) -> None:
     pass
 
 
-def slurm_for(config: Config) -> Slurm:
-    return Slurm(
-        config.path("slurm_bin_dir"), config.paths.slurm_conf, config.thresholds.slurm_command_timeout_seconds
-    )
-
-
 def store_report(
     config: Config,
     report_filter: ReportFilter,
@@ -163,7 +157,7 @@ def slurmdbd_report(
 ) -> Report:
     from slurmgpu.slurm.env import cluster_name
 
-    slurm = slurm or slurm_for(config)
+    slurm = slurm or Slurm.for_config(config)
     jobs = slurm.accounting_jobs(
         report_filter.since_epoch,
         report_filter.until_epoch,

@@ -290,9 +290,7 @@ def flush(
     if not directory.is_dir():
         return 0
     rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
-    slurm = slurm or Slurm(
-        config.path("slurm_bin_dir"), config.paths.slurm_conf, config.thresholds.slurm_command_timeout_seconds
-    )
+    slurm = slurm or Slurm.for_config(config)
     r = config.reports
     finished = 0
     tried: set[str] = set()

@@ -17,6 +17,7 @@ from slurmgpu.errors import InputError, SlurmError
 from slurmgpu.slurm.nodes import SINFO_NODE_FORMAT, SlurmNode, parse_gres_gpus, parse_sinfo_nodes
 
 if TYPE_CHECKING:
+    from slurmgpu.config import Config
     from slurmgpu.slurm.accounting import AccountingJob, NodeGpus, RunningJob
 
 # The parsable text format is stable across Slurm releases (the JSON layout is not). JobName is last because it is
@@ -134,6 +135,15 @@ class Slurm:
         self.bin_dir = bin_dir
         self.slurm_conf = slurm_conf or os.environ.get("SLURM_CONF", "")
         self.timeout = timeout_seconds
+
+    @classmethod
+    def for_config(cls, config: Config) -> Slurm:
+        """The Slurm commands the config names: binaries, slurm.conf, timeout."""
+        return cls(
+            config.path("slurm_bin_dir"),
+            config.paths.slurm_conf,
+            config.thresholds.slurm_command_timeout_seconds,
+        )
 
     def start(
         self, program: str, args: list[str], extra_env: dict[str, str] | None = None

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from slurmgpu.collection.aggregate import JobGpuAggregate
 from slurmgpu.errors import NotFoundError, StoreError
-from slurmgpu.health.results import CheckResult
+from slurmgpu.health.results import CheckResult, worst_status
 from slurmgpu.slurm.env import JobContext
 from slurmgpu.slurm.jobid import JobId
 from slurmgpu.store.records import Baseline, JobGpuUsage, JobMeta, JobRecord
@@ -186,11 +186,7 @@ class Store:
         update_last: bool = True,
     ) -> None:
         """The node's latest health result (unless update_last is off), and an event per warning and failure."""
-        status = (
-            "fail"
-            if any(r.status == "fail" for r in results)
-            else ("warn" if any(r.status == "warn" for r in results) else "ok")
-        )
+        status = worst_status(results)
         bad = [r for r in results if r.status != "ok"]
         summary = "; ".join(f"{r.check} {r.where}: {r.detail}" for r in bad[:5]) or "all checks passed"
         with self.transaction() as c:
