@@ -77,34 +77,20 @@ def test_user_and_account_are_attributed(slurm: SlurmGpuCluster) -> None:
 def test_lost_gpu_drains_the_node_and_the_job_completes_elsewhere(slurm: SlurmGpuCluster) -> None:
     c = slurm.cluster
     slurm.slurmgpu("sim", "fault", "--node", "gn2", "--gpu", "2", "lost")
-    # make gn2 the scheduler's first choice, so the next job really lands there
-    for node, weight in (("gn1", "100"), ("gn2", "1"), ("gn3", "100")):
-        c.run(["scontrol", "update", f"nodename={node}", f"weight={weight}"], check=True)
+    slurm.prefer("gn2")  # the scheduler's first choice, so the next job really lands there
     try:
         job = slurm.submit("slurmgpu sim load --util 40 --seconds 1\nhostname\n", user="alice", gres="gpu:1")
-        deadline = time.monotonic() + 60
-        while "DRAIN" not in c.node_info("gn2").get("State", ""):
-            assert time.monotonic() < deadline, f"gn2 never drained: {c.node_info('gn2')}"
-            time.sleep(0.2)
-        reason = c.node_info("gn2").get("Reason", "")
+        reason = slurm.wait_drained("gn2")
         assert reason.startswith("slurmgpu: gpu-lost gpu2"), reason
-        # Slurm requeued and held the job after the failed prolog; let it start now instead of in two minutes
-        while "held" not in c.show_job(job).lower() and c.job_state(job) not in ("COMPLETED", "RUNNING"):
-            assert time.monotonic() < deadline, c.show_job(job)
-            time.sleep(0.2)
-        if "held" in c.show_job(job).lower():
-            c.release_and_start_now(job)
-        assert c.wait_job(job, timeout=90) == "COMPLETED", c.show_job(job)
+        # Slurm requeued the job after the failed prolog; make it eligible now instead of in two minutes
+        assert slurm.finish_requeued(job) == "COMPLETED", c.show_job(job)
         ran_on = c.job_field(job, "NodeList")
         assert ran_on in ("gn1", "gn3"), ran_on
         data = slurm.job_json(job)
         assert [g["node"] for g in data["gpus"]] == [ran_on]
         assert "gpu-lost" in slurm.hook_log()
     finally:
-        slurm.slurmgpu("sim", "clear", "--node", "gn2")
-        c.resume("gn2")
-        for node in ("gn1", "gn2", "gn3"):
-            c.run(["scontrol", "update", f"nodename={node}", "weight=1"], check=True)
+        slurm.reset_nodes()
 
 
 def test_unknown_and_malformed_job_ids(slurm: SlurmGpuCluster) -> None:
