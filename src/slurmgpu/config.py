@@ -79,6 +79,8 @@ class AgentConfig:
     dcgm_stats_keep_age_seconds: float = (
         14 * 86400.0
     )  # must outlast the longest job (DCGM's default is 1 hour)
+    # the one CPU the agent runs on: "auto" (the highest-numbered it may use), a CPU number, or "off" (agent/affinity.py)
+    cpu: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,15 @@ def _section(cls: type, name: str, table: dict[str, Any], source: str) -> Any:
                 if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
                     raise ConfigError(f"config file {source}: {dotted}.{k} must be a price (a number >= 0)")
             values[key] = tuple(sorted((k, float(v)) for k, v in table_value.items()))
+        elif key == "cpu":
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                values[key] = str(value)
+            elif value in ("auto", "off"):
+                values[key] = value
+            else:
+                raise ConfigError(
+                    f'config file {source}: {dotted} must be "auto", "off" or a CPU number (got {value!r})'
+                )
         elif key == "node_models":
             table_value = _typed(dotted, value, dict, source)
             if not all(isinstance(v, str) for v in table_value.values()):

@@ -328,12 +328,11 @@ def test_mirror_keeps_the_epilog_fast_and_records_each_job_once(slurm: SlurmGpuC
     for job in jobs.ids.values():
         assert is_ours(slurm.admin_comment(job))
         assert f"job {job}: GPU record not mirrored" not in log
-    times = [
-        float(line.split(" done in ")[1].split(" s")[0])
-        for line in log.splitlines()
-        if "epilog[" in line and " done in " in line
-    ]
-    assert times and max(times) < 2.0  # the helper, not the epilog, talks to slurmdbd
+    done = [line for line in log.splitlines() if "epilog[" in line and " done in " in line]
+    times = [float(line.split(" done in ")[1].split(" s")[0]) for line in done]
+    # the helper, not the epilog, talks to slurmdbd; on failure, show what the slow epilog logged
+    slow = [line.split(" debug:")[0].split()[-1] for line, t in zip(done, times, strict=True) if t >= 2.0]
+    assert times and not slow, [line for line in log.splitlines() if any(s + " " in line for s in slow)]
 
 
 def test_concurrent_writers_without_stagger_end_complete_through_the_real_slurmdbd(

@@ -3,6 +3,8 @@ the epilog's use of the aggregate, and the Prometheus collector (private registr
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -253,3 +255,36 @@ def test_xid_during_a_job_is_recorded_against_it_and_drains(cfg: Path, events: b
         .fetchone()[0]
     )
     assert last == 0  # a single XID is not a full check: the node's last result is left alone
+
+
+def _agent_once(cfg: Path, cpu_setting: str) -> subprocess.CompletedProcess[str]:
+    cfg.write_text(cfg.read_text() + f"[agent]\ncpu = {cpu_setting}\n")
+    return subprocess.run(
+        [sys.executable, "-m", "slurmgpu", "agent", "--once", "--node", "gn1"],
+        env={"PATH": "/usr/bin:/bin", "SLURMGPU_CONFIG": str(cfg)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_agent_pins_itself_to_the_highest_cpu_it_may_use(cfg: Path) -> None:
+    proc = _agent_once(cfg, '"auto"')
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["cpu"] == max(os.sched_getaffinity(0))
+    assert out["allowed_cpus"] == [out["cpu"]]  # what the process itself reported after pinning
+
+
+def test_agent_cpu_off_leaves_affinity_alone(cfg: Path) -> None:
+    proc = _agent_once(cfg, '"off"')
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["cpu"] is None and out["allowed_cpus"] == sorted(os.sched_getaffinity(0))
+
+
+def test_agent_refuses_a_cpu_it_may_not_use_in_one_line(cfg: Path) -> None:
+    proc = _agent_once(cfg, str(max(os.sched_getaffinity(0)) + 64))
+    assert proc.returncode != 0
+    assert proc.stderr.count("\n") == 1 and "[agent] cpu" in proc.stderr and "Traceback" not in proc.stderr

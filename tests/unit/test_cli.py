@@ -124,6 +124,8 @@ def test_config_show_prints_the_effective_values(cfg: Path) -> None:
         ("[paths]\nstate_dir = 'relative'\n", "paths.state_dir"),
         ("[simulator]\nminor_order = [0, 0, 1, 2]\n", "simulator.minor_order"),
         ("[thresholds]\ngpu_call_timeout_seconds = 0\n", "thresholds.gpu_call_timeout_seconds"),
+        ("[agent]\ncpu = 'first'\n", "agent.cpu"),
+        ("[agent]\ncpu = -1\n", "agent.cpu"),
         ("nonsense = 1\n", "nonsense"),
         ("[paths\n", "invalid TOML"),
     ],

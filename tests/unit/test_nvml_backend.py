@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
 
 from tests.conftest import backend_for, sim_node
 
+from slurmgpu.gpu.nvml import NvmlBackend
+from slurmgpu.gpu.types import GpuReading
 from slurmgpu.sim import control
+from slurmgpu.sim.fake_pynvml import make_module
 from slurmgpu.sim.models import MIB, MODELS
 
 GIB = 1 << 30
@@ -136,3 +141,121 @@ def test_xid_events_not_supported_is_said(tmp_path) -> None:
     why = backend.open_xid_events()
     assert why is not None and "NotSupported" in why
     assert backend.poll_xid_events() is None
+
+
+def _nvml_threads() -> set[int]:
+    return {t.ident for t in threading.enumerate() if t.name.startswith("nvml-") and t.ident is not None}
+
+
+def test_a_healthy_node_is_read_by_one_worker_that_is_kept(tmp_path) -> None:
+    backend = backend_for(sim_node(tmp_path, gpus_per_node=8))
+    before = _nvml_threads()
+    backend.read_node()
+    first = _nvml_threads() - before
+    for _ in range(50):
+        assert all(g.ok for g in backend.read_node().gpus)
+    assert len(first) == 1
+    assert _nvml_threads() - before == first
+
+
+def test_a_hung_first_gpu_delays_only_itself(tmp_path) -> None:
+    node = sim_node(tmp_path)
+    control.inject_fault(node, 0, "unresponsive")  # the lead worker takes GPU 0 first and hangs there
+    try:
+        started = time.monotonic()
+        reading = backend_for(node, timeout=1.0).read_node()
+        assert time.monotonic() - started < 2.0
+        assert [g.status for g in reading.gpus] == ["unresponsive", "ok", "ok", "ok"]
+    finally:
+        control.clear_faults(node)
+
+
+def test_a_gpu_still_hung_is_reported_at_once_without_another_thread(tmp_path) -> None:
+    node = sim_node(tmp_path)
+    control.inject_fault(node, 2, "unresponsive")
+    backend = backend_for(node, timeout=0.5)
+    try:
+        first = backend.read_node()
+        assert first.gpus[2].status == "unresponsive"
+        backend.read_node()  # the worker stuck on GPU 2 was retired: this read starts its replacement
+        threads = _nvml_threads()
+        for _ in range(3):
+            started = time.monotonic()
+            again = backend.read_node()
+            assert time.monotonic() - started < 0.2  # not another wait for the time box
+            assert [g.status for g in again.gpus] == ["ok", "ok", "unresponsive", "ok"]
+            assert "since" in again.gpus[2].detail
+            assert again.gpus[2].minor == 2  # read before the call that hung
+        assert _nvml_threads() <= threads  # no new thread hangs beside the first
+    finally:
+        control.clear_faults(node)
+    deadline = time.monotonic() + 5
+    while backend.read_node().gpus[2].status != "ok":  # the hung call returns; the GPU is read again
+        assert time.monotonic() < deadline, "the GPU stayed unresponsive after the fault was cleared"
+        time.sleep(0.1)
+
+
+def test_nvml_init_failure_is_data(tmp_path) -> None:
+    node = sim_node(tmp_path)
+    nv = make_module(node)
+
+    def broken_init() -> None:
+        raise nv.NVMLError(nv.NVML_ERROR_DRIVER_NOT_LOADED)
+
+    nv.nvmlInit = broken_init
+    reading = NvmlBackend(nv, timeout_seconds=1.0).read_node()
+    assert reading.gpus == () and reading.error is not None and "Driver Not Loaded" in reading.error
+
+
+def test_xid_events_come_with_the_reading_when_asked(tmp_path) -> None:
+    node = sim_node(tmp_path, minor_order=(2, 0, 3, 1))
+    backend = backend_for(node)
+    assert backend.read_node(with_xid_events=True).xid_events is None  # no event set opened
+    assert backend.open_xid_events() is None
+    assert backend.read_node(with_xid_events=True).xid_events == ()
+    control.inject_fault(node, 3, "xid", code=79)
+    reading = backend.read_node(with_xid_events=True)
+    assert reading.xid_events == ((2, 79),)
+    assert backend.read_node().xid_events is None  # not asked: left in the set for the next poll
+    assert backend.poll_xid_events() == []
+
+
+def test_readings_carry_exactly_the_declared_fields(tmp_path) -> None:
+    """The gateway builds readings without the dataclass constructor (slurmgpu/frozen.py): a misspelt key would
+    otherwise become a stray attribute."""
+    node = sim_node(tmp_path)
+    now = time.time()
+    control.add_load(node, (0,), 50, GIB, 7, now - 5, now + 60)
+    gpu = backend_for(node).read_node(with_accounting=True, with_processes=True, samples_since_us=0).gpus[0]
+    assert set(vars(gpu)) == {f.name for f in dataclasses.fields(GpuReading)}
+    assert gpu.processes and gpu.accounting and gpu.utilization_samples
+
+
+def test_a_library_bug_is_an_error_at_once_not_a_timeout(tmp_path) -> None:
+    nv = make_module(sim_node(tmp_path))
+
+    def broken_count() -> int:
+        raise RuntimeError("bad state")
+
+    nv.nvmlDeviceGetCount = broken_count
+    started = time.monotonic()
+    reading = NvmlBackend(nv, timeout_seconds=2.0).read_node()
+    assert time.monotonic() - started < 1.0
+    assert reading.gpus == () and reading.error == "RuntimeError: bad state"
+
+
+def test_a_library_bug_on_one_gpu_costs_that_gpu_only(tmp_path) -> None:
+    nv = make_module(sim_node(tmp_path))
+    real_name = nv.nvmlDeviceGetName
+
+    def name(handle: object) -> str:
+        if nv.nvmlDeviceGetIndex(handle) == 1:
+            raise ValueError("garbled")
+        return str(real_name(handle))
+
+    nv.nvmlDeviceGetName = name
+    started = time.monotonic()
+    reading = NvmlBackend(nv, timeout_seconds=2.0).read_node()
+    assert time.monotonic() - started < 1.0
+    assert [g.status for g in reading.gpus] == ["ok", "error", "ok", "ok"]
+    assert "ValueError: garbled" in reading.gpus[1].detail and reading.gpus[1].minor == 1

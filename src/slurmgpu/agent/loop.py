@@ -9,6 +9,7 @@ re-reads what happened while it was down up to that depth. Energy never depends 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -67,10 +68,12 @@ class Agent:
         self.snapshot = Snapshot()
         self.rounds = 0
         self._tail: KernelLogTail | None = None  # the kernel log, read incrementally
-        self._xid_source = "kernel-log"
+        self._xid_source: str | None = None  # "nvml-events" or "kernel-log", chosen in the first round
         self._xid_counts: dict[int, int] = {}  # XIDs per GPU minor since boot (for the exporter)
         self._owners_cache: tuple[int, dict[int, list[int]]] | None = None
+        self._gpu_dir = owners.owner_dir(self._run_dir())
         self._lock = threading.Lock()
+        self._store: Store | None = None  # opened by the first checkpoint, kept
 
     # -- state ---------------------------------------------------------------------------------------------------
 
@@ -93,14 +96,24 @@ class Agent:
             aggs = list(self.aggregates.values())
         if not aggs:
             return
-        store = Store.open(self.config.path("database", self.node))
+        # one connection for the agent's life: opening the store each round (and the WAL checkpoint SQLite runs
+        # when the last connection closes) cost more than the sampling round itself (bench/README.md)
+        if self._store is None:
+            self._store = Store.open(self.config.path("database", self.node))
         try:
             for cluster in sorted({self._cluster_of(a.job_id) for a in aggs}):
-                store.save_aggregates(
+                self._store.save_aggregates(
                     cluster, [a for a in aggs if self._cluster_of(a.job_id) == cluster], time.time()
                 )
-        finally:
-            store.close()
+        except Exception:
+            self.close()  # a fresh connection next time (the file may have been replaced or repaired)
+            raise
+
+    def close(self) -> None:
+        if self._store is not None:
+            store, self._store = self._store, None
+            with contextlib.suppress(Exception):
+                store.close()
 
     def _cluster_of(self, job_id: int) -> str:
         info = self.jobs.get(job_id)
@@ -108,7 +121,7 @@ class Agent:
 
     def _owners(self) -> dict[int, list[int]]:
         """The owner files, re-read only when their directory changed (every write is a rename in it)."""
-        gpu_dir = self._run_dir() / "gpu"
+        gpu_dir = self._gpu_dir
         try:
             mtime = gpu_dir.stat().st_mtime_ns
         except FileNotFoundError:
@@ -120,7 +133,7 @@ class Agent:
             or self._owners_cache[0] != mtime
             or time.time_ns() - mtime < 1_000_000_000
         ):
-            self._owners_cache = (mtime, owners.owners(self._run_dir()))
+            self._owners_cache = (mtime, owners.owners(gpu_dir.parent))
         return self._owners_cache[1]
 
     def _run_dir(self) -> Path:
@@ -180,7 +193,18 @@ class Agent:
                 )
         for index in by_minor.values():
             since.setdefault(index, floor_us)
-        reading = self.backend.read_node(samples_since_us=since if by_minor else floor_us)
+        if self._xid_source is None:
+            # NVML's event set where the driver offers it (XIDs as they happen, with the GPU handle); the
+            # kernel log otherwise. The kernel log also keeps the per-GPU counts since boot for the exporter.
+            why_not = self.backend.open_xid_events()
+            self._xid_source = "kernel-log" if why_not else "nvml-events"
+            self.log(
+                "info", f"XID source: {self._xid_source}" + (f" (NVML events: {why_not})" if why_not else "")
+            )
+        reading = self.backend.read_node(
+            samples_since_us=since if by_minor else floor_us,
+            with_xid_events=self._xid_source == "nvml-events",
+        )
         success["nvml"] = reading.error is None
         jobs_now: dict[int, JobInfo] = {}
         with self._lock:
@@ -225,21 +249,16 @@ class Agent:
         first = self._tail is None
         if self._tail is None:
             self._tail = KernelLogTail(kernel_log_path(self.config, self.node))
-            # NVML's event set where the driver offers it (XIDs as they happen, with the GPU handle); the
-            # kernel log otherwise. The kernel log also keeps the per-GPU counts since boot for the exporter.
-            why_not = self.backend.open_xid_events()
-            self._xid_source = "kernel-log" if why_not else "nvml-events"
-            self.log(
-                "info", f"XID source: {self._xid_source}" + (f" (NVML events: {why_not})" if why_not else "")
-            )
         ok = True
         try:
             text, restarted = self._tail.read_new()
         except OSError as exc:
             self.log("warning", f"kernel log unreadable: {exc}")
             text, restarted, ok = "", False, False
-        by_bus = {short_bus_id(g.pci_bus_id): g.minor for g in reading.gpus if g.pci_bus_id}
-        logged = [XidEvent(code, by_bus.get(bus), bus, line) for bus, code, line in parse_xid_lines(text)]
+        logged = []
+        if text:
+            by_bus = {short_bus_id(g.pci_bus_id): g.minor for g in reading.gpus if g.pci_bus_id}
+            logged = [XidEvent(code, by_bus.get(bus), bus, line) for bus, code, line in parse_xid_lines(text)]
         if restarted:
             self._xid_counts = {}
         for event in logged:
@@ -247,13 +266,15 @@ class Agent:
                 self._xid_counts[event.minor] = self._xid_counts.get(event.minor, 0) + 1
         new = logged
         if self._xid_source == "nvml-events":
-            polled = self.backend.poll_xid_events()
+            polled = reading.xid_events
             if polled is None:
                 ok = False
-                polled = []
-            minor_of = {g.index: g.minor for g in reading.gpus}
-            bus_of = {g.index: short_bus_id(g.pci_bus_id) for g in reading.gpus if g.pci_bus_id}
-            new = [XidEvent(code, minor_of.get(i), bus_of.get(i, ""), "NVML event") for i, code in polled]
+                polled = ()
+            new = []
+            if polled:
+                minor_of = {g.index: g.minor for g in reading.gpus}
+                bus_of = {g.index: short_bus_id(g.pci_bus_id) for g in reading.gpus if g.pci_bus_id}
+                new = [XidEvent(code, minor_of.get(i), bus_of.get(i, ""), "NVML event") for i, code in polled]
         if first:
             return ok, dict(
                 self._xid_counts
@@ -289,4 +310,7 @@ class Agent:
                 self.log("error", f"round failed: {type(exc).__name__}: {exc}")
             next_round += interval
             stop.wait(max(0.0, next_round - time.monotonic()))
-        self.checkpoint()
+        try:
+            self.checkpoint()
+        finally:
+            self.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict
 
@@ -145,6 +146,7 @@ def agent(node: str | None, interval: float | None, listen: str | None, once: bo
     import signal
     import threading
 
+    from slurmgpu.agent.affinity import pin_to_one_cpu
     from slurmgpu.agent.loop import Agent
     from slurmgpu.health.service import local_node
 
@@ -155,16 +157,20 @@ def agent(node: str | None, interval: float | None, listen: str | None, once: bo
         )
     if listen is not None:
         config = dataclasses.replace(config, agent=dataclasses.replace(config.agent, listen=listen))
+    cpu = pin_to_one_cpu(config.agent.cpu)  # before any thread starts, so that all of them inherit it
     the_agent = Agent(config, local_node(node))
     restored = the_agent.restore()
     if once:
         snap = the_agent.round()
         the_agent.checkpoint()
+        the_agent.close()
         click.echo(
             json.dumps(
                 {
                     "node": the_agent.node,
                     "restored": restored,
+                    "cpu": cpu,
+                    "allowed_cpus": sorted(os.sched_getaffinity(0)),
                     "gpus": len(snap.reading.gpus) if snap.reading else 0,
                     "jobs": sorted(snap.jobs),
                     "success": snap.success,
@@ -194,6 +200,7 @@ def agent(node: str | None, interval: float | None, listen: str | None, once: bo
     the_agent.log(
         "info",
         f"agent for {the_agent.node} on {config.agent.listen}, every "
-        f"{config.agent.interval_seconds:g} s; resumed {restored} aggregate(s)",
+        f"{config.agent.interval_seconds:g} s on CPU {'any' if cpu is None else cpu}; "
+        f"resumed {restored} aggregate(s)",
     )
     the_agent.run_forever(stop)

@@ -8,9 +8,10 @@ MAX_POINTS, halved in resolution whenever it fills) keeps a week-long job small.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
 
+from slurmgpu.frozen import build
 from slurmgpu.gpu.types import GpuReading
 
 MAX_POINTS = 360
@@ -23,10 +24,13 @@ REASON_NAMES = {
     0x40: "hw_thermal_slowdown",
     0x80: "hw_power_brake",
 }
+_REASON_MASK = sum(REASON_NAMES)
 
 
-@dataclass(frozen=True)
-class Point:
+class Point(NamedTuple):
+    """One point of a job GPU's chart. A named tuple rather than a frozen dataclass: the agent makes one per job GPU
+    per round and merges them when the series fills, and a tuple is several times cheaper to build."""
+
     t_epoch_seconds: float
     utilization_pct: float
     memory_used_bytes: int
@@ -64,11 +68,9 @@ class JobGpuAggregate:
         return self.power_seconds / self.power_covered_seconds if self.power_covered_seconds > 0 else None
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["series"] = [
-            [p.t_epoch_seconds, p.utilization_pct, p.memory_used_bytes, p.power_watts, p.weight]
-            for p in self.series
-        ]
+        # not dataclasses.asdict: it deep-copies every point of the series, and the agent checkpoints every round
+        data = {name: getattr(self, name) for name in _FIELD_NAMES}
+        data["series"] = [list(p) for p in self.series]  # [t, utilization, memory, power, weight]
         data["throttle_seconds"] = dict(self.throttle_seconds)
         return data
 
@@ -78,6 +80,9 @@ class JobGpuAggregate:
         data["series"] = tuple(Point(*p) for p in data.get("series", ()))
         data["throttle_seconds"] = tuple(sorted(dict(data.get("throttle_seconds", {})).items()))
         return cls(**data)
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(JobGpuAggregate))
 
 
 def start(job_id: int, node: str, minor: int, start_epoch_seconds: float) -> JobGpuAggregate:
@@ -112,10 +117,16 @@ def _downsample(points: tuple[Point, ...]) -> tuple[Point, ...]:
 
 
 def update(agg: JobGpuAggregate, reading: GpuReading) -> JobGpuAggregate:
-    """Fold one round's reading of this GPU into the job's aggregate."""
+    """Fold one round's reading of this GPU into the job's aggregate. (The agent's hot path: one call per job GPU per
+    round, hence the locals.)"""
     now = reading.timestamp_epoch_seconds
-    if now <= agg.last_epoch_seconds and agg.rounds:
-        return agg
+    last_epoch = agg.last_epoch_seconds
+    if agg.rounds:
+        if now <= last_epoch:
+            return agg
+        dt = now - last_epoch
+    else:
+        dt = 0.0
     util_s, covered, top, low, last_us = (
         agg.utilization_seconds,
         agg.covered_seconds,
@@ -123,61 +134,71 @@ def update(agg: JobGpuAggregate, reading: GpuReading) -> JobGpuAggregate:
         agg.utilization_min_pct,
         agg.last_sample_us,
     )
-    round_util = []
-    for ts_us, pct in reading.utilization_samples or ():
-        if ts_us <= last_us:
-            continue
-        period = min((ts_us - last_us) / 1e6, MAX_SAMPLE_PERIOD_SECONDS)
-        util_s += pct * period
-        covered += period
-        top = pct if top is None else max(top, pct)
-        low = pct if low is None else min(low, pct)
-        round_util.append(pct)
-        last_us = ts_us
-    if reading.utilization_samples is None and reading.utilization_pct is not None:
-        # no driver samples on this GPU: the instantaneous reading, held over the interval
-        held = now - agg.last_epoch_seconds if agg.rounds else 0.0
-        util_s += reading.utilization_pct * held
-        covered += held
-        top = reading.utilization_pct if top is None else max(top, reading.utilization_pct)
-        low = reading.utilization_pct if low is None else min(low, reading.utilization_pct)
-        round_util.append(reading.utilization_pct)
-    dt = now - agg.last_epoch_seconds if agg.rounds else 0.0
+    util_sum, util_n = 0.0, 0
+    samples = reading.utilization_samples
+    if samples is None:
+        if reading.utilization_pct is not None:
+            # no driver samples on this GPU: the instantaneous reading, held over the interval
+            pct = reading.utilization_pct
+            util_s += pct * dt
+            covered += dt
+            top = pct if top is None else max(top, pct)
+            low = pct if low is None else min(low, pct)
+            util_sum, util_n = pct, 1
+    else:
+        for ts_us, pct in samples:
+            if ts_us <= last_us:
+                continue
+            period = min((ts_us - last_us) / 1e6, MAX_SAMPLE_PERIOD_SECONDS)
+            util_s += pct * period
+            covered += period
+            top = pct if top is None else max(top, pct)
+            low = pct if low is None else min(low, pct)
+            util_sum += pct
+            util_n += 1
+            last_us = ts_us
     power_s, power_cov, pmax = agg.power_seconds, agg.power_covered_seconds, agg.power_max_watts
-    if reading.power_watts is not None:
-        power_s += reading.power_watts * dt
+    power = reading.power_watts
+    if power is not None:
+        power_s += power * dt
         power_cov += dt
-        pmax = reading.power_watts if pmax is None else max(pmax, reading.power_watts)
-    throttle = dict(agg.throttle_seconds)
-    for bit, name in REASON_NAMES.items():
-        if (reading.clock_event_reasons or 0) & bit and dt > 0:
-            throttle[name] = throttle.get(name, 0.0) + dt
+        pmax = power if pmax is None else max(pmax, power)
+    throttle = agg.throttle_seconds
+    reasons = (reading.clock_event_reasons or 0) & _REASON_MASK
+    if reasons and dt > 0:
+        spent = dict(throttle)
+        for bit, name in REASON_NAMES.items():
+            if reasons & bit:
+                spent[name] = spent.get(name, 0.0) + dt
+        throttle = tuple(sorted(spent.items()))
     temp = agg.temperature_max_celsius
     if reading.temperature_celsius is not None:
         temp = reading.temperature_celsius if temp is None else max(temp, reading.temperature_celsius)
-    point = Point(
-        now,
-        sum(round_util) / len(round_util) if round_util else 0.0,
-        reading.memory_used_bytes or 0,
-        reading.power_watts or 0.0,
-    )
-    series = (*agg.series, point)
+    memory = reading.memory_used_bytes or 0
+    series = (*agg.series, Point(now, util_sum / util_n if util_n else 0.0, memory, power or 0.0))
     while len(series) > MAX_POINTS:
         series = _downsample(series)
-    return replace(
-        agg,
-        last_epoch_seconds=now,
-        last_sample_us=last_us,
-        covered_seconds=covered,
-        utilization_seconds=util_s,
-        utilization_max_pct=top,
-        utilization_min_pct=low,
-        memory_peak_bytes=max(agg.memory_peak_bytes, reading.memory_used_bytes or 0),
-        power_seconds=power_s,
-        power_covered_seconds=power_cov,
-        power_max_watts=pmax,
-        temperature_max_celsius=temp,
-        throttle_seconds=tuple(sorted(throttle.items())),
-        rounds=agg.rounds + 1,
-        series=series,
+    # built without the generated __init__ (slurmgpu/frozen.py): this runs for every job GPU every round
+    return build(
+        JobGpuAggregate,
+        {
+            "job_id": agg.job_id,
+            "node": agg.node,
+            "minor": agg.minor,
+            "start_epoch_seconds": agg.start_epoch_seconds,
+            "last_epoch_seconds": now,
+            "last_sample_us": last_us,
+            "covered_seconds": covered,
+            "utilization_seconds": util_s,
+            "utilization_max_pct": top,
+            "utilization_min_pct": low,
+            "memory_peak_bytes": max(agg.memory_peak_bytes, memory),
+            "power_seconds": power_s,
+            "power_covered_seconds": power_cov,
+            "power_max_watts": pmax,
+            "temperature_max_celsius": temp,
+            "throttle_seconds": throttle,
+            "rounds": agg.rounds + 1,
+            "series": series,
+        },
     )

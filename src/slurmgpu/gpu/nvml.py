@@ -4,24 +4,32 @@ It takes the pynvml module as a parameter (the real nvidia-ml-py by default; the
 tests and demos), so this exact code runs against both. Rules it keeps:
 - `NVMLError_NotSupported` becomes None, never an exception.
 - One failing or lost GPU never aborts the others: it becomes a GpuReading whose status says what failed.
-- Every GPU is read on its own thread under a deadline, because NVML calls can hang on a failing GPU; a GPU that
+- Every NVML call runs on a worker thread under a deadline, because NVML calls can hang on a failing GPU; a GPU that
   misses the deadline is reported "unresponsive" and the caller goes on (the thread is a daemon and is abandoned).
+
+One worker reads all GPUs in turn: on a healthy node that is one thread wake per round, which matters for the agent
+(thread hand-offs cost more than the NVML calls on a fast driver). If the sweep is slow -- a GPU may be hanging --
+helper workers join after a short while and take the GPUs nobody has started, so a hung GPU delays only itself.
+A GPU whose call is still hung from an earlier read is reported unresponsive at once, without another thread.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from queue import SimpleQueue
 from types import ModuleType
 from typing import Any
 
+from slurmgpu.frozen import build
 from slurmgpu.gpu.types import AccountingStat, GpuProcess, GpuReading, GpuStatus, NodeReading
 
 _INIT_LOCK = threading.Lock()
+# how long one worker may take over the whole sweep before helpers join it (capped at a quarter of the timeout)
+HEDGE_SECONDS = 0.5
 
 
 class _GpuLost(Exception):
@@ -30,11 +38,13 @@ class _GpuLost(Exception):
 
 class _Worker:
     """A daemon thread that runs submitted calls in order. Kept across rounds (the agent reads every few seconds;
-    a thread per call per GPU would cost more than the NVML calls). A worker stuck in a hung NVML call is
-    abandoned by its owner and replaced; being a daemon, it never holds up the process's exit."""
+    a thread per call per GPU would cost more than the NVML calls). A worker stuck in a hung NVML call is retired
+    by its owner and replaced: it exits once the call returns; being a daemon, it never holds up the process's
+    exit."""
 
     def __init__(self, name: str) -> None:
         self._tasks: SimpleQueue[tuple[Callable[[], None], threading.Event]] = SimpleQueue()
+        self._retired = False
         threading.Thread(target=self._run, name=name, daemon=True).start()
 
     def submit(self, fn: Callable[[], None]) -> threading.Event:
@@ -42,13 +52,70 @@ class _Worker:
         self._tasks.put((fn, done))
         return done
 
+    def retire(self) -> None:
+        self._retired = True
+
     def _run(self) -> None:
-        while True:
+        while not self._retired:
             fn, done = self._tasks.get()
             try:
                 fn()
+            except BaseException:  # noqa: S110 - the submitter reads results from its own box, not from here
+                pass
             finally:
                 done.set()
+
+
+class _Sweep:
+    """One read of every GPU, shared by the workers taking part: each claims the next unstarted GPU."""
+
+    def __init__(self) -> None:
+        self.started_at = time.time()
+        self.count = -1  # set by the lead once nvmlDeviceGetCount answered
+        self.error: str | None = None  # init or count failed: no GPU read
+        self.driver_version: str | None = None
+        self.xid_events: list[tuple[int, int]] | None = None
+        self.pending: deque[int] = deque()
+        self.partial: list[dict[str, Any]] = []
+        self.results: list[GpuReading | None] = []
+        self.done: list[bool] = []
+        self.finished = threading.Event()
+        self._remaining = 0
+        self._lock = threading.Lock()
+
+    def plan(self, count: int, skip: dict[int, GpuReading]) -> None:
+        self.partial = [{} for _ in range(count)]
+        self.results = [skip.get(i) for i in range(count)]
+        self.done = [i in skip for i in range(count)]
+        self.pending = deque(i for i in range(count) if i not in skip)
+        self._remaining = len(self.pending)
+        self.count = count  # last: helpers look at it to know the plan is ready
+        if not self._remaining:
+            self.finished.set()
+
+    def work(self, read: Callable[[int, dict[str, Any], list[GpuReading | None]], None]) -> None:
+        while True:
+            try:
+                index = self.pending.popleft()  # atomic: no two workers read the same GPU
+            except IndexError:
+                return
+            try:
+                read(index, self.partial[index], self.results)
+            except Exception as exc:  # read() turns failures into readings; this is the net under it
+                if self.results[index] is None:
+                    self.results[index] = _partial(
+                        index, self.partial[index], "error", f"{type(exc).__name__}: {exc}"
+                    )
+            finally:
+                self.done[index] = True
+                with self._lock:
+                    self._remaining -= 1
+                    if self._remaining == 0:
+                        self.finished.set()
+
+    def fail(self, error: str) -> None:
+        self.error = error
+        self.finished.set()
 
 
 def load_pynvml() -> ModuleType:
@@ -64,9 +131,26 @@ class NvmlBackend:
     def __init__(self, nvml: ModuleType | None = None, *, timeout_seconds: float = 5.0) -> None:
         self._nvml = nvml if nvml is not None else load_pynvml()
         self._timeout = timeout_seconds
+        self._hedge = min(HEDGE_SECONDS, timeout_seconds / 4)
         self._initialised = False
+        self._driver_version: str | None = None
         self._workers: dict[str, _Worker] = {}
         self._event_set: Any = None
+        self._hung: dict[
+            int, tuple[_Sweep, float]
+        ] = {}  # GPU index -> the sweep whose call on it never returned
+        nv = self._nvml
+        self._ecc_queries = tuple(  # (field, error type, counter type) for nvmlDeviceGetTotalEccErrors
+            (f"ecc_{counter_name}_{kind_name}", kind, counter)
+            for kind, kind_name in (
+                (nv.NVML_MEMORY_ERROR_TYPE_CORRECTED, "corrected"),
+                (nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, "uncorrected"),
+            )
+            for counter, counter_name in (
+                (nv.NVML_VOLATILE_ECC, "volatile"),
+                (nv.NVML_AGGREGATE_ECC, "aggregate"),
+            )
+        )
 
     def read_node(
         self,
@@ -74,55 +158,93 @@ class NvmlBackend:
         with_accounting: bool = False,
         with_processes: bool = False,
         samples_since_us: dict[int, int] | int | None = None,
+        with_xid_events: bool = False,
     ) -> NodeReading:
-        """Read every GPU of the node, each time-boxed, in parallel."""
-        deadline = time.monotonic() + self._timeout
-        init_error = self._call_boxed(self._init, deadline)
-        if init_error:
-            return NodeReading(gpus=(), error=init_error)
-        nv = self._nvml
-        count_box: dict[str, Any] = {}
-        err = self._call_boxed(lambda: count_box.setdefault("n", nv.nvmlDeviceGetCount()), deadline)
-        if err:
-            return NodeReading(gpus=(), error=f"nvmlDeviceGetCount: {err}")
-        driver = self._optional(nv.nvmlSystemGetDriverVersion)
-        count = int(count_box["n"])
-        partial: list[dict[str, Any]] = [{} for _ in range(count)]
-        results: list[GpuReading | None] = [None] * count
-        done = []
-        for index in range(count):
+        """Read every GPU of the node, time-boxed. With `with_xid_events`, also drain the XID event set opened by
+        `open_xid_events` (in the same worker wake; NodeReading.xid_events is None when that failed)."""
+        began = time.monotonic()
+        deadline = began + self._timeout
+        sweep = _Sweep()
+
+        def read(index: int, fields: dict[str, Any], results: list[GpuReading | None]) -> None:
             since = (
-                None
-                if samples_since_us is None
-                else (
-                    samples_since_us if isinstance(samples_since_us, int) else samples_since_us.get(index, 0)
-                )
+                samples_since_us
+                if samples_since_us is None or isinstance(samples_since_us, int)
+                else (samples_since_us.get(index, 0))
             )
-            task = functools.partial(
-                self._read_into, index, partial[index], results, with_accounting, with_processes, since
+            self._read_into(index, fields, results, with_accounting, with_processes, since)
+
+        def lead() -> None:
+            try:
+                self._init()
+                count = int(self._nvml.nvmlDeviceGetCount())
+                if self._driver_version is None:  # fixed while NVML is up: the driver cannot be unloaded
+                    self._driver_version = self._optional(self._nvml.nvmlSystemGetDriverVersion)
+                sweep.driver_version = self._driver_version
+                if with_xid_events:
+                    sweep.xid_events = self._drain_events()
+                skip = self._still_hung(count)
+            except Exception as exc:  # NVMLError, or anything else the library raised: a failed read, said so
+                sweep.fail(f"{type(exc).__name__}: {exc}")
+                return
+            sweep.plan(count, skip)
+            sweep.work(read)
+
+        running = {"lead": self._worker("lead").submit(lead)}
+        if not sweep.finished.wait(self._hedge) and sweep.count > 0:
+            # slow: perhaps a hung GPU. Helpers take the GPUs the lead has not started.
+            for n in range(min(len(sweep.pending), sweep.count - 1)):
+                running[f"helper{n}"] = self._worker(f"helper{n}").submit(lambda: sweep.work(read))
+        if not sweep.finished.wait(max(0.0, deadline - time.monotonic())):
+            # a worker still busy now is stuck in NVML (init, count or a GPU): retire it, a fresh one next time.
+            # (Once the sweep has finished, a worker whose task has not quite returned is not stuck.)
+            for name, event in running.items():
+                if not event.is_set():
+                    self._workers.pop(name).retire()
+        if sweep.count < 0:
+            return NodeReading(
+                gpus=(),
+                error=sweep.error or f"nvmlDeviceGetCount: no answer from NVML within {self._timeout:g} s",
             )
-            done.append(self._worker(f"gpu{index}").submit(task))
-        for index, event in enumerate(done):
-            if not event.wait(max(0.0, deadline - time.monotonic())):
-                self._workers.pop(f"gpu{index}", None)  # stuck in NVML: abandon it, a fresh worker next time
         gpus = []
-        for index, result in enumerate(results):
+        for index in range(sweep.count):
+            result = sweep.results[index]
             if result is None:  # still blocked in NVML: keep what it had read so far (often the minor number)
-                gpus.append(
-                    _partial(
-                        index,
-                        partial[index],
-                        "unresponsive",
-                        f"no answer from NVML within {self._timeout:g} s",
-                    )
+                self._hung[index] = (sweep, sweep.started_at)
+                result = _partial(
+                    index,
+                    sweep.partial[index],
+                    "unresponsive",
+                    f"no answer from NVML within {self._timeout:g} s",
                 )
-            else:
-                gpus.append(result)
-        return NodeReading(gpus=tuple(_infer_lone_minor(gpus)), driver_version=driver)
+            gpus.append(result)
+        return NodeReading(
+            gpus=tuple(_infer_lone_minor(gpus)),
+            driver_version=sweep.driver_version,
+            xid_events=None if sweep.xid_events is None else tuple(sweep.xid_events),
+        )
 
     # -- internals ---------------------------------------------------------------------------------------------
 
+    def _still_hung(self, count: int) -> dict[int, GpuReading]:
+        """GPUs whose call from an earlier read has not returned: reported without asking again (another thread
+        would only hang beside the first)."""
+        out = {}
+        for index, (old, since) in list(self._hung.items()):
+            if old.done[index] or index >= count:
+                del self._hung[index]
+                continue
+            out[index] = _partial(
+                index,
+                old.partial[index],
+                "unresponsive",
+                f"no answer from NVML since {time.strftime('%H:%M:%S', time.localtime(since))}",
+            )
+        return out
+
     def _init(self) -> None:
+        if self._initialised:
+            return
         with _INIT_LOCK:
             if not self._initialised:
                 self._nvml.nvmlInit()
@@ -132,6 +254,7 @@ class NvmlBackend:
         if self._initialised:
             self._optional(self._nvml.nvmlShutdown)
             self._initialised = False
+            self._driver_version = None
 
     def _worker(self, name: str) -> _Worker:
         worker = self._workers.get(name)
@@ -140,7 +263,7 @@ class NvmlBackend:
         return worker
 
     def _call_boxed(self, fn: Any, deadline: float) -> str | None:
-        """Run fn on the control worker; return an error text, or None when it returned in time."""
+        """Run fn on the lead worker; return an error text, or None when it returned in time."""
         box: dict[str, BaseException] = {}
 
         def target() -> None:
@@ -149,8 +272,8 @@ class NvmlBackend:
             except BaseException as exc:
                 box["error"] = exc
 
-        if not self._worker("control").submit(target).wait(max(0.0, deadline - time.monotonic())):
-            self._workers.pop("control", None)
+        if not self._worker("lead").submit(target).wait(max(0.0, deadline - time.monotonic())):
+            self._workers.pop("lead").retire()
             return f"no answer from NVML within {self._timeout:g} s"
         if "error" in box:
             return f"{type(box['error']).__name__}: {box['error']}"
@@ -213,7 +336,9 @@ class NvmlBackend:
                 minor=fields.get("minor"),
             )
             return
-        results[index] = GpuReading(index=index, failed_fields=tuple(failed), **reading)
+        reading["index"] = index
+        reading["failed_fields"] = tuple(failed)
+        results[index] = build(GpuReading, reading)  # the constructor's cost, x40 fields x GPUs, every round
 
     def _read_fields(
         self,
@@ -245,17 +370,8 @@ class NvmlBackend:
         )
         out["sm_clock_mhz"] = q("sm_clock", nv.nvmlDeviceGetClockInfo, handle, nv.NVML_CLOCK_SM)
         out["clock_event_reasons"] = self._clock_event_reasons(handle, q)
-        for kind, kind_name in (
-            (nv.NVML_MEMORY_ERROR_TYPE_CORRECTED, "corrected"),
-            (nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, "uncorrected"),
-        ):
-            for counter, counter_name in (
-                (nv.NVML_VOLATILE_ECC, "volatile"),
-                (nv.NVML_AGGREGATE_ECC, "aggregate"),
-            ):
-                out[f"ecc_{counter_name}_{kind_name}"] = q(
-                    f"ecc_{counter_name}_{kind_name}", nv.nvmlDeviceGetTotalEccErrors, handle, kind, counter
-                )
+        for name, kind, counter in self._ecc_queries:
+            out[name] = q(name, nv.nvmlDeviceGetTotalEccErrors, handle, kind, counter)
         sbe = q(
             "retired_pages_sbe",
             nv.nvmlDeviceGetRetiredPages,
@@ -340,24 +456,31 @@ class NvmlBackend:
 
     def poll_xid_events(self) -> list[tuple[int, int]] | None:
         """XIDs that arrived since the last poll, as (NVML index, code), without waiting; None if the wait hung
-        or failed (time-boxed like every call)."""
+        or failed (time-boxed like every call). The agent gets them from `read_node(with_xid_events=True)`."""
+        box: dict[str, list[tuple[int, int]] | None] = {}
+        if self._call_boxed(
+            lambda: box.setdefault("events", self._drain_events()), time.monotonic() + self._timeout
+        ):
+            return None
+        return box.get("events")
+
+    def _drain_events(self) -> list[tuple[int, int]] | None:
+        """Everything waiting in the event set (nvmlEventSetWait with a zero timeout); None without a set or when
+        the driver failed (the caller notes the collector failure; the next poll tries again)."""
         nv = self._nvml
         if self._event_set is None:
             return None
         events: list[tuple[int, int]] = []
-
-        def drain() -> None:
+        try:
             while True:
                 try:
                     data = nv.nvmlEventSetWait(self._event_set, 0)
                 except nv.NVMLError_Timeout:
-                    return
+                    return events
                 if data.eventType & nv.nvmlEventTypeXidCriticalError:
                     events.append((int(nv.nvmlDeviceGetIndex(data.device)), int(data.eventData)))
-
-        if self._call_boxed(drain, time.monotonic() + self._timeout):
+        except nv.NVMLError:
             return None
-        return events
 
     def _utilization_samples(self, handle: Any, since_us: int, q: Any) -> tuple[tuple[int, int], ...] | None:
         """The driver's utilization history since `since_us` (NotFound: no sample since then)."""
@@ -416,6 +539,8 @@ def _infer_lone_minor(gpus: list[GpuReading]) -> list[GpuReading]:
     """A lost GPU often fails before its minor number can be read. When exactly one GPU lacks a minor and exactly
     one of 0..count-1 is unaccounted for, that must be its minor: say so in the detail."""
     unknown = [g for g in gpus if g.minor is None]
+    if not unknown:
+        return gpus
     missing = set(range(len(gpus))) - {g.minor for g in gpus if g.minor is not None}
     if len(unknown) != 1 or len(missing) != 1:
         return gpus

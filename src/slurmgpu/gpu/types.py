@@ -99,6 +99,9 @@ class NodeReading:
     gpus: tuple[GpuReading, ...]
     error: str | None = None
     driver_version: str | None = None
+    # XIDs drained from the NVML event set with this reading, as (NVML index, code); None when not asked for or
+    # the set could not be read
+    xid_events: tuple[tuple[int, int], ...] | None = None
 
     def by_minor(self) -> dict[int, GpuReading]:
         return {g.minor: g for g in self.gpus if g.minor is not None}

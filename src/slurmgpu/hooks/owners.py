@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _gpu_dir(run_dir: Path) -> Path:
+def owner_dir(run_dir: Path) -> Path:
     return run_dir / "gpu"
 
 
@@ -48,7 +48,7 @@ def _write_ids(path: Path, ids: list[str]) -> None:
 
 
 def claim(run_dir: Path, minors: tuple[int, ...], job_id: int) -> None:
-    gpu_dir = _gpu_dir(run_dir)
+    gpu_dir = owner_dir(run_dir)
     with _locked(gpu_dir):
         for minor in minors:
             path = gpu_dir / str(minor)
@@ -58,7 +58,7 @@ def claim(run_dir: Path, minors: tuple[int, ...], job_id: int) -> None:
 
 
 def release(run_dir: Path, minors: tuple[int, ...], job_id: int) -> None:
-    gpu_dir = _gpu_dir(run_dir)
+    gpu_dir = owner_dir(run_dir)
     with _locked(gpu_dir):
         for minor in minors:
             path = gpu_dir / str(minor)
@@ -67,7 +67,7 @@ def release(run_dir: Path, minors: tuple[int, ...], job_id: int) -> None:
 
 def owners(run_dir: Path) -> dict[int, list[int]]:
     """minor -> job ids, for every GPU that has an owner file."""
-    gpu_dir = _gpu_dir(run_dir)
+    gpu_dir = owner_dir(run_dir)
     out: dict[int, list[int]] = {}
     if not gpu_dir.is_dir():
         return out
