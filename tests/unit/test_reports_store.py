@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -13,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import sqlite_utils
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -74,14 +74,27 @@ def rollup(store: Store) -> dict[tuple[str, int, str], tuple[object, ...]]:
     return {(r[0], r[1], r[2]): r[3:] for r in rows}
 
 
+def _indexes(conn: sqlite3.Connection, table: str) -> set[tuple[str, ...]]:
+    names = [r[1] for r in conn.execute(f"PRAGMA index_list({table})")]
+    return {tuple(r[2] for r in conn.execute(f"PRAGMA index_info({name})")) for name in names}
+
+
 def test_schema_has_the_rollup_its_triggers_and_indexes(tmp_path: Path) -> None:
     Store.open(tmp_path / "s.db").close()
-    db = sqlite_utils.Database(tmp_path / "s.db")
-    assert {"job_usage", "job_notes"} <= set(db.table_names())
-    assert db["job_usage"].pks == ["cluster", "job_id", "model"]
-    columns = set(db["job_usage"].columns_dict)
+    conn = sqlite3.connect(tmp_path / "s.db")
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"job_usage", "job_notes"} <= tables
+    info = conn.execute("PRAGMA table_info(job_usage)").fetchall()  # (cid, name, type, notnull, default, pk)
+    assert [r[1] for r in sorted((r for r in info if r[5]), key=lambda r: r[5])] == [
+        "cluster",
+        "job_id",
+        "model",
+    ]
+    columns = {r[1] for r in info}
     assert set(UsageSums.__dataclass_fields__) <= columns  # the Python twin's fields are the rollup's columns
-    triggers = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()}
+    triggers = {
+        r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()
+    }
     assert triggers >= {
         "job_usage_gpu_insert",
         "job_usage_gpu_update",
@@ -89,9 +102,8 @@ def test_schema_has_the_rollup_its_triggers_and_indexes(tmp_path: Path) -> None:
         "job_usage_job_update",
         "job_usage_job_delete",
     }
-    indexes = {tuple(i.columns) for i in db["job_usage"].indexes}
-    assert {("end_epoch",), ("account", "end_epoch"), ("user", "end_epoch")} <= indexes
-    assert ("first_seen_epoch",) in {tuple(i.columns) for i in db["jobs"].indexes}
+    assert {("end_epoch",), ("account", "end_epoch"), ("user", "end_epoch")} <= _indexes(conn, "job_usage")
+    assert ("first_seen_epoch",) in _indexes(conn, "jobs")
 
 
 def test_rollup_follows_every_write_and_never_double_counts(tmp_path: Path) -> None:

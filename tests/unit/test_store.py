@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-import sqlite_utils
 
 from slurmgpu.errors import NotFoundError, StoreError
 from slurmgpu.slurm.env import JobContext
@@ -51,10 +50,19 @@ def usage(node: str, minor: int, energy: float = 100.0) -> JobGpuUsage:
     )
 
 
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _pks(conn: sqlite3.Connection, table: str) -> list[str]:
+    rows = conn.execute(f"PRAGMA table_info({table})").fetchall()  # (cid, name, type, notnull, default, pk)
+    return [r[1] for r in sorted((r for r in rows if r[5]), key=lambda r: r[5])]
+
+
 def test_schema_after_all_migrations(tmp_path: Path) -> None:
     Store.open(tmp_path / "s.db").close()
-    db = sqlite_utils.Database(tmp_path / "s.db")
-    assert set(db.table_names()) == {
+    conn = sqlite3.connect(tmp_path / "s.db")
+    assert _tables(conn) == {
         "jobs",
         "job_gpus",
         "baselines",
@@ -66,15 +74,16 @@ def test_schema_after_all_migrations(tmp_path: Path) -> None:
         "job_usage",
         "job_notes",
     }
-    assert db["health_results"].pks == ["cluster", "node"]
-    assert db["job_gpus"].pks == ["cluster", "job_id", "node", "minor"]
-    assert db["baselines"].pks == ["cluster", "job_id", "node", "minor"]
-    assert db["jobs"].pks == ["cluster", "job_id"]
-    assert {"energy_joules", "utilization_mean_pct", "memory_peak_bytes", "source"} <= set(
-        db["job_gpus"].columns_dict
-    )
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert _pks(conn, "health_results") == ["cluster", "node"]
+    assert _pks(conn, "job_gpus") == ["cluster", "job_id", "node", "minor"]
+    assert _pks(conn, "baselines") == ["cluster", "job_id", "node", "minor"]
+    assert _pks(conn, "jobs") == ["cluster", "job_id"]
+    assert _pks(conn, "health_events") == ["id"]
+    columns = {r[1]: (r[2], r[3]) for r in conn.execute("PRAGMA table_info(job_gpus)")}
+    assert columns["energy_joules"] == ("REAL", 0) and columns["source"] == ("TEXT", 1)
+    assert columns["memory_peak_bytes"] == ("INTEGER", 0)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_rewriting_an_epilog_never_double_counts(tmp_path: Path) -> None:
