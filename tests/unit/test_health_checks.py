@@ -323,3 +323,28 @@ def test_health_exit_codes_follow_the_worst_result(tmp_path: Path, monkeypatch: 
     runner.invoke(cli, ["sim", "fault", "--node", "gn1", "--gpu", "2", "thermal"])
     out = runner.invoke(cli, ["health", "--node", "gn1"])
     assert out.exit_code == 2 and "temperature" in out.output
+
+
+def test_kernel_log_tail_reads_only_what_the_log_gained(tmp_path: Path) -> None:
+    import os
+
+    from slurmgpu.gpu.xid import KernelLogTail
+
+    log = tmp_path / "kern.log"
+    log.write_text("boot\n")
+    tail = KernelLogTail(log)
+    assert tail.read_new() == ("boot\n", False)
+    assert tail.read_new() == ("", False)  # nothing new
+    with log.open("a") as f:
+        f.write("NVRM: Xid (PCI:0000:17:00): 79, pid=1\n")
+    assert tail.read_new() == ("NVRM: Xid (PCI:0000:17:00): 79, pid=1\n", False)
+    assert tail.read_new() == ("", False)
+    log.write_text("new\n")  # truncated (a simulated reboot): the whole log again
+    assert tail.read_new() == ("new\n", True)
+    replacement = tmp_path / "kern.log.new"
+    replacement.write_text("new\n")  # same size, another file
+    os.replace(replacement, log)
+    assert tail.read_new() == ("new\n", True)
+    log.unlink()
+    assert tail.read_new() == ("", True)
+    assert tail.read_new() == ("", False)

@@ -259,3 +259,14 @@ def test_a_library_bug_on_one_gpu_costs_that_gpu_only(tmp_path) -> None:
     assert time.monotonic() - started < 1.0
     assert [g.status for g in reading.gpus] == ["ok", "error", "ok", "ok"]
     assert "ValueError: garbled" in reading.gpus[1].detail and reading.gpus[1].minor == 1
+
+
+def test_flag_is_a_one_shot_event() -> None:
+    from slurmgpu.gpu.nvml import _Flag
+
+    flag = _Flag()
+    assert not flag.is_set() and flag.wait(0.01) is False
+    threading.Timer(0.05, flag.set).start()
+    assert flag.wait(5.0) is True and flag.is_set()
+    flag.set()  # set twice: still set, no error
+    assert flag.wait(0) is True and flag.wait(-1.0) is True and flag.is_set()

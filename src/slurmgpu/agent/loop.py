@@ -10,12 +10,13 @@ re-reads what happened while it was down up to that depth. Energy never depends 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slurmgpu.collection.aggregate import JobGpuAggregate, start, update
+from slurmgpu.collection.aggregate import CheckpointEncoder, JobGpuAggregate, start, update
 from slurmgpu.config import Config
 from slurmgpu.gpu.backend import open_backend
 from slurmgpu.gpu.types import NodeReading
@@ -72,8 +73,10 @@ class Agent:
         self._xid_counts: dict[int, int] = {}  # XIDs per GPU minor since boot (for the exporter)
         self._owners_cache: tuple[int, dict[int, list[int]]] | None = None
         self._gpu_dir = owners.owner_dir(self._run_dir())
+        self._gpu_dir_name = str(self._gpu_dir)
         self._lock = threading.Lock()
         self._store: Store | None = None  # opened by the first checkpoint, kept
+        self._encoder = CheckpointEncoder()  # keeps the text of each series between checkpoints
 
     # -- state ---------------------------------------------------------------------------------------------------
 
@@ -103,7 +106,10 @@ class Agent:
         try:
             for cluster in sorted({self._cluster_of(a.job_id) for a in aggs}):
                 self._store.save_aggregates(
-                    cluster, [a for a in aggs if self._cluster_of(a.job_id) == cluster], time.time()
+                    cluster,
+                    [a for a in aggs if self._cluster_of(a.job_id) == cluster],
+                    time.time(),
+                    self._encoder.encode,
                 )
         except Exception:
             self.close()  # a fresh connection next time (the file may have been replaced or repaired)
@@ -123,7 +129,7 @@ class Agent:
         """The owner files, re-read only when their directory changed (every write is a rename in it)."""
         gpu_dir = self._gpu_dir
         try:
-            mtime = gpu_dir.stat().st_mtime_ns
+            mtime = os.stat(self._gpu_dir_name).st_mtime_ns  # not Path.stat: this runs every round
         except FileNotFoundError:
             return {}
         # a directory changed within the filesystem's timestamp granularity may change again unseen: trust the
@@ -228,6 +234,7 @@ class Agent:
                 for key in finished:
                     self.aggregates.pop(key, None)
                     self.jobs.pop(key[0], None)
+                    self._encoder.forget(key[0], self.node, key[1])
         success["xid"], xid_counts = self._watch_xids(reading, owned)
         self.rounds += 1
         if self.rounds % self.config.agent.checkpoint_every == 0:

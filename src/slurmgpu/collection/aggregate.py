@@ -8,6 +8,7 @@ MAX_POINTS, halved in resolution whenever it fills) keeps a week-long job small.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
@@ -69,8 +70,12 @@ class JobGpuAggregate:
 
     def to_json(self) -> dict[str, Any]:
         # not dataclasses.asdict: it deep-copies every point of the series, and the agent checkpoints every round
-        data = {name: getattr(self, name) for name in _FIELD_NAMES}
+        data = self._scalars_json()
         data["series"] = [list(p) for p in self.series]  # [t, utilization, memory, power, weight]
+        return data
+
+    def _scalars_json(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in _SCALAR_NAMES}
         data["throttle_seconds"] = dict(self.throttle_seconds)
         return data
 
@@ -82,7 +87,55 @@ class JobGpuAggregate:
         return cls(**data)
 
 
-_FIELD_NAMES = tuple(f.name for f in fields(JobGpuAggregate))
+_SCALAR_NAMES = tuple(f.name for f in fields(JobGpuAggregate) if f.name != "series")
+_COMPACT = (",", ":")  # json separators without spaces
+
+
+class CheckpointEncoder:
+    """Encodes aggregates as the JSON text of `to_json()`, re-using the text of each series' unchanged prefix.
+
+    The agent checkpoints every aggregate every round, and encoding a full series (hundreds of floats) was most of a
+    checkpoint's cost (bench/README.md). A series only grows by appending, until it fills and is downsampled into
+    new points; so the text of the points already encoded stays valid while the series still starts with the very
+    same point objects (an identity check, which no downsampling or restore can pass by accident). Not thread-safe:
+    one encoder per checkpointing thread."""
+
+    def __init__(self) -> None:
+        # aggregate key -> (first point, last point encoded, how many, their text without brackets)
+        self._done: dict[tuple[int, str, int], tuple[Point, Point, int, str]] = {}
+
+    def encode(self, agg: JobGpuAggregate) -> str:
+        series = agg.series
+        key = (agg.job_id, agg.node, agg.minor)
+        known = self._done.get(key)
+        if not series:
+            text = ""
+        elif (
+            known is not None
+            and len(series) >= known[2]
+            and series[0] is known[0]
+            and series[known[2] - 1] is known[1]
+        ):
+            text = known[3]
+            if len(series) > known[2]:
+                new = json.dumps([list(p) for p in series[known[2] :]], separators=_COMPACT)[1:-1]
+                text = f"{text},{new}" if text else new
+        else:
+            text = json.dumps([list(p) for p in series], separators=_COMPACT)[1:-1]
+        if series:
+            self._done[key] = (series[0], series[-1], len(series), text)
+        else:
+            self._done.pop(key, None)
+        scalars = json.dumps(agg._scalars_json(), separators=_COMPACT)
+        return f'{scalars[:-1]},"series":[{text}]}}'
+
+    def forget(self, job_id: int, node: str, minor: int) -> None:
+        self._done.pop((job_id, node, minor), None)
+
+
+def encode_checkpoint(agg: JobGpuAggregate) -> str:
+    """The JSON text of one aggregate, as the store keeps it (no cache: for one-off writes such as the epilog's)."""
+    return json.dumps(agg.to_json(), separators=_COMPACT)
 
 
 def start(job_id: int, node: str, minor: int, start_epoch_seconds: float) -> JobGpuAggregate:

@@ -15,6 +15,8 @@ A GPU whose call is still hung from an earlier read is reported unresponsive at 
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import threading
 import time
 from collections import deque
@@ -36,6 +38,32 @@ class _GpuLost(Exception):
     pass
 
 
+class _Flag:
+    """A one-shot threading.Event on a bare lock (held while unset). threading.Event is pure Python over a
+    Condition; the agent pays a set and a wait on every round, and with the interpreter's caches cold after ten
+    seconds asleep that cost as much as a few NVML calls (bench/README.md)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        with contextlib.suppress(RuntimeError):  # already set
+            self._lock.release()
+
+    def is_set(self) -> bool:
+        return not self._lock.locked()
+
+    def wait(self, timeout: float) -> bool:
+        if not self._lock.acquire(True, max(0.0, timeout)):
+            return False
+        with contextlib.suppress(RuntimeError):  # set twice meanwhile: it stays set either way
+            self._lock.release()
+        return True
+
+
 class _Worker:
     """A daemon thread that runs submitted calls in order. Kept across rounds (the agent reads every few seconds;
     a thread per call per GPU would cost more than the NVML calls). A worker stuck in a hung NVML call is retired
@@ -43,12 +71,12 @@ class _Worker:
     exit."""
 
     def __init__(self, name: str) -> None:
-        self._tasks: SimpleQueue[tuple[Callable[[], None], threading.Event]] = SimpleQueue()
+        self._tasks: SimpleQueue[tuple[Callable[[], None], _Flag]] = SimpleQueue()
         self._retired = False
         threading.Thread(target=self._run, name=name, daemon=True).start()
 
-    def submit(self, fn: Callable[[], None]) -> threading.Event:
-        done = threading.Event()
+    def submit(self, fn: Callable[[], None]) -> _Flag:
+        done = _Flag()
         self._tasks.put((fn, done))
         return done
 
@@ -79,7 +107,7 @@ class _Sweep:
         self.partial: list[dict[str, Any]] = []
         self.results: list[GpuReading | None] = []
         self.done: list[bool] = []
-        self.finished = threading.Event()
+        self.finished = _Flag()
         self._remaining = 0
         self._lock = threading.Lock()
 

@@ -100,6 +100,8 @@ class KernelLogTail:
         if restarted:
             self._offset = 0
         self._ino = st.st_ino
+        if st.st_size == self._offset:
+            return "", restarted  # nothing new: the usual round, without opening the file
         with self.path.open("rb") as f:
             f.seek(self._offset)
             data = f.read()

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from slurmgpu.collection.aggregate import JobGpuAggregate
+from slurmgpu.collection.aggregate import JobGpuAggregate, encode_checkpoint
 from slurmgpu.errors import NotFoundError, StoreError
 from slurmgpu.health.results import CheckResult, worst_status
 from slurmgpu.slurm.env import JobContext
@@ -209,15 +209,20 @@ class Store:
         row = cur.fetchone()
         return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
 
-    def save_aggregates(self, cluster: str, aggregates: list[JobGpuAggregate], now: float) -> None:
+    def save_aggregates(
+        self,
+        cluster: str,
+        aggregates: list[JobGpuAggregate],
+        now: float,
+        encode: Callable[[JobGpuAggregate], str] = encode_checkpoint,
+    ) -> None:
+        """Insert or replace each aggregate's row; `encode` makes its JSON (the agent passes a CheckpointEncoder's,
+        which re-uses the text of series it has already encoded)."""
         with self.transaction() as c:
             c.executemany(
                 """INSERT OR REPLACE INTO agent_aggregates (cluster, job_id, node, minor, updated_epoch, aggregate_json)
                    VALUES (?, ?, ?, ?, ?, ?)""",
-                [
-                    (cluster, a.job_id, a.node, a.minor, now, json.dumps(a.to_json(), separators=(",", ":")))
-                    for a in aggregates
-                ],
+                [(cluster, a.job_id, a.node, a.minor, now, encode(a)) for a in aggregates],
             )
 
     def load_aggregates(
