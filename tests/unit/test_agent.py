@@ -19,7 +19,15 @@ from tests.conftest import write_config
 
 from slurmgpu.agent.exporter import AgentCollector
 from slurmgpu.agent.loop import Agent
-from slurmgpu.collection.aggregate import MAX_POINTS, JobGpuAggregate, Point, _downsample, start, update
+from slurmgpu.collection.aggregate import (
+    MAX_POINTS,
+    CheckpointEncoder,
+    JobGpuAggregate,
+    Point,
+    _downsample,
+    start,
+    update,
+)
 from slurmgpu.config import load_config
 from slurmgpu.gpu.types import GpuReading
 from slurmgpu.log import HookLog
@@ -223,6 +231,50 @@ def test_series_stays_bounded_and_keeps_its_mean() -> None:
     assert abs(total - sum(i % 100 for i in range(1000)) / 1000) < 1e-9
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["rounds", "checkpoint", "restore", "new job"]), st.integers(1, 200)),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(0, MAX_POINTS),
+)
+def test_checkpoint_encoder_writes_exactly_what_to_json_gives(
+    steps: list[tuple[str, int]], prefill: int
+) -> None:
+    """The encoder re-uses series text between checkpoints. Through appends, downsampling (a series may be
+    downsampled and grow past its old length between two checkpoints), restores (equal aggregate, new point objects)
+    and a job id reused by a new job, its text must always decode to the aggregate's own to_json()."""
+    encoder = CheckpointEncoder()
+    agg = start(7, "gn1", 0, 1000.0)
+    t = 1000.0
+
+    def rounds(n: int, first_util: int) -> None:
+        nonlocal agg, t
+        for i in range(n):
+            t += 10.0
+            util = (first_util + 37 * i) % 101
+            agg = update(agg, reading(t, util, ((int(t * 1e6), util),)))
+
+    def checkpoint() -> None:
+        text = encoder.encode(agg)
+        assert json.loads(text) == json.loads(json.dumps(agg.to_json()))
+        assert JobGpuAggregate.from_json(json.loads(text)) == agg
+
+    rounds(prefill, 50)
+    checkpoint()
+    for step, n in steps:
+        if step == "rounds":
+            rounds(n, n)
+        elif step == "restore":  # the agent was restarted
+            agg = JobGpuAggregate.from_json(json.loads(json.dumps(agg.to_json())))
+        elif step == "new job":  # same key, a fresh series
+            agg = start(7, "gn1", 0, t)
+            rounds(n, 3)
+        checkpoint()
+
+
 @pytest.mark.parametrize("events", [True, False], ids=["nvml-events", "kernel-log"])
 def test_xid_during_a_job_is_recorded_against_it_and_drains(cfg: Path, events: bool) -> None:
     if not events:
@@ -288,3 +340,38 @@ def test_agent_refuses_a_cpu_it_may_not_use_in_one_line(cfg: Path) -> None:
     proc = _agent_once(cfg, str(max(os.sched_getaffinity(0)) + 64))
     assert proc.returncode != 0
     assert proc.stderr.count("\n") == 1 and "[agent] cpu" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_collector_reports_each_gpus_health_and_names_the_fault(cfg: Path) -> None:
+    control.inject_fault(sim(cfg), 1, "ecc-uncorrectable")
+    control.inject_fault(sim(cfg), 2, "persistence-off")
+    control.inject_fault(sim(cfg), 3, "lost")
+    a = agent_for(cfg)
+    a.round()
+    reg = CollectorRegistry()
+    reg.register(AgentCollector("gn1", lambda: a.snapshot, load_config(cfg).health))
+    status = {
+        s.labels["gpu"]: s.value
+        for m in reg.collect()
+        if m.name == "slurmgpu_gpu_health_status"
+        for s in m.samples
+    }
+    faults = {
+        (s.labels["gpu"], s.labels["check"], s.labels["severity"])
+        for m in reg.collect()
+        if m.name == "slurmgpu_gpu_health_fault"
+        for s in m.samples
+    }
+    xids = {s.labels["gpu"] for m in reg.collect() if m.name == "slurmgpu_gpu_xid_errors" for s in m.samples}
+    assert xids == {
+        "0",
+        "1",
+        "2",
+        "3",
+    }  # a lost GPU keeps its XID count (XID 79 is how GPUs fall off the bus)
+    assert status == {"0": 0.0, "1": 2.0, "2": 1.0, "3": 2.0}
+    assert faults == {
+        ("1", "ecc-uncorrectable", "fail"),
+        ("2", "persistence-mode", "warn"),
+        ("3", "gpu-lost", "fail"),
+    }

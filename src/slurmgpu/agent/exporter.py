@@ -4,6 +4,11 @@ Per-GPU series carry node, gpu (the device minor, as Slurm names it) and uuid, n
 series, slurmgpu_gpu_job_info{node,gpu,uuid,jobid,user,account,partition} 1, joins them to jobs in PromQL, so the
 number of series stays flat however many jobs come and go. Names are in base units with a slurmgpu_ prefix.
 A part that fails reports slurmgpu_collector_success{collector=...} 0 and never breaks the scrape.
+
+Health per GPU is the prolog's per-GPU check catalogue (health.checks.gpu_checks) over the agent's latest reading,
+evaluated at scrape time: slurmgpu_gpu_health_status (0 ok, 1 warn, 2 fail) and one
+slurmgpu_gpu_health_fault{check,severity} 1 per check that does not pass, so an alert can name the fault. XIDs are
+counted in slurmgpu_gpu_xid_errors_total (the agent drains on drain-class XIDs itself).
 """
 
 from __future__ import annotations
@@ -15,17 +20,24 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from slurmgpu.collection.aggregate import REASON_NAMES
+from slurmgpu.config import HealthConfig
+from slurmgpu.health.checks import gpu_checks
+from slurmgpu.health.results import worst_status
 
 if TYPE_CHECKING:
     from slurmgpu.agent.loop import Snapshot
 
 GPU_LABELS = ["node", "gpu", "uuid"]
+HEALTH_VALUES = {"ok": 0.0, "warn": 1.0, "fail": 2.0}
 
 
 class AgentCollector(Collector):
-    def __init__(self, node: str, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(
+        self, node: str, snapshot: Callable[[], Snapshot], health: HealthConfig | None = None
+    ) -> None:
         self.node = node
         self.snapshot = snapshot
+        self.health = health or HealthConfig()  # the thresholds the hooks use ([health] in the config)
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot()
@@ -66,6 +78,16 @@ class AgentCollector(Collector):
                 "The job that owns the GPU (join on node, gpu).",
                 labels=[*GPU_LABELS, "jobid", "user", "account", "partition"],
             ),
+            "health": GaugeMetricFamily(
+                "slurmgpu_gpu_health_status",
+                "Health checks on the latest reading: 0 ok, 1 warn, 2 fail (as the prolog would judge it).",
+                labels=GPU_LABELS,
+            ),
+            "fault": GaugeMetricFamily(
+                "slurmgpu_gpu_health_fault",
+                "1 for each health check that does not pass on the latest reading.",
+                labels=[*GPU_LABELS, "check", "severity"],
+            ),
             "job_energy": GaugeMetricFamily(
                 "slurmgpu_job_energy_joules",
                 "Energy of a running job so far, per GPU (counter delta since its prolog).",
@@ -86,6 +108,13 @@ class AgentCollector(Collector):
             for gpu in reading.gpus if reading else ():
                 labels = [self.node, "" if gpu.minor is None else str(gpu.minor), gpu.uuid or ""]
                 gauges["up"].add_metric([*labels, gpu.status], 1.0 if gpu.ok else 0.0)
+                results = gpu_checks(gpu, self.health)
+                gauges["health"].add_metric(labels, HEALTH_VALUES[worst_status(results)])
+                for result in results:
+                    if result.status != "ok":
+                        gauges["fault"].add_metric([*labels, result.check, result.status], 1.0)
+                if gpu.minor is not None:  # the agent's own tally: kept for a GPU off the bus (XID 79) too
+                    xids.add_metric(labels, snap.xid_counts.get(gpu.minor, 0))
                 if not gpu.ok:
                     continue
                 _add(
@@ -113,8 +142,6 @@ class AgentCollector(Collector):
                         gauges["reason"].add_metric(
                             [*labels, name], 1.0 if gpu.clock_event_reasons & bit else 0.0
                         )
-                if gpu.minor is not None:
-                    xids.add_metric(labels, snap.xid_counts.get(gpu.minor, 0))
                 for job_id in snap.owners.get(gpu.minor, []) if gpu.minor is not None else []:
                     info = snap.jobs.get(job_id)
                     if info is None:

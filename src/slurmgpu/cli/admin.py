@@ -186,7 +186,7 @@ def agent(node: str | None, interval: float | None, listen: str | None, once: bo
     from slurmgpu.errors import InputError
 
     registry = CollectorRegistry()
-    registry.register(AgentCollector(the_agent.node, lambda: the_agent.snapshot))
+    registry.register(AgentCollector(the_agent.node, lambda: the_agent.snapshot, config.health))
     host, _, port = config.agent.listen.rpartition(":")
     if not port.isdigit():
         raise InputError(f"--listen must be HOST:PORT (got {config.agent.listen!r})")

@@ -191,6 +191,22 @@ def check_xids(events: Iterable[XidEvent], cfg: HealthConfig) -> list[CheckResul
     return out
 
 
+def gpu_checks(gpu: GpuReading, cfg: HealthConfig) -> list[CheckResult]:
+    """Everything one reading of one GPU tells without a job or the kernel log: what the prolog checks on every GPU,
+    and what the node agent's exporter reports as the GPU's health at each scrape."""
+    reach = check_reachable(gpu)
+    if reach[0].status != "ok":
+        return reach
+    return [
+        *reach,
+        *check_ecc(gpu, cfg),
+        *check_memory_repair(gpu, cfg),
+        *check_thermal(gpu, cfg),
+        *check_pcie(gpu),
+        *check_persistence(gpu, cfg),
+    ]
+
+
 def prolog_checks(
     node: NodeReading,
     job_minors: tuple[int, ...],
@@ -204,16 +220,9 @@ def prolog_checks(
         return [CheckResult("nvml", "warn", f"GPU library unusable: {node.error}")]
     results = check_count(node, expected_gpus or cfg.expected_gpus or None)
     for gpu in node.gpus:
-        reach = check_reachable(gpu)
-        results += reach
-        if reach[0].status != "ok":
-            continue
-        results += check_ecc(gpu, cfg)
-        results += check_memory_repair(gpu, cfg)
-        results += check_thermal(gpu, cfg)
-        results += check_pcie(gpu)
-        results += check_persistence(gpu, cfg)
-        results += check_leftovers(gpu, job_minors, cfg)
+        results += gpu_checks(gpu, cfg)
+        if gpu.ok:
+            results += check_leftovers(gpu, job_minors, cfg)
     results += check_xids(xids, cfg)
     unhealthy = any(r.status == "fail" for r in results)
     _, missing = node.select(job_minors)
