@@ -119,7 +119,7 @@ class CheckpointEncoder:
             text = known[3]
             if len(series) > known[2]:
                 new = json.dumps([list(p) for p in series[known[2] :]], separators=_COMPACT)[1:-1]
-                text = f"{text},{new}" if text else new
+                text = f"{text},{new}"  # a known text is never empty: empty series are not kept
         else:
             text = json.dumps([list(p) for p in series], separators=_COMPACT)[1:-1]
         if series:

@@ -40,8 +40,8 @@ class _GpuLost(Exception):
 
 class _Flag:
     """A one-shot threading.Event on a bare lock (held while unset). threading.Event is pure Python over a
-    Condition; the agent pays a set and a wait on every round, and with the interpreter's caches cold after ten
-    seconds asleep that cost as much as a few NVML calls (bench/README.md)."""
+    Condition (a lock allocated per wait, a waiter list); the agent pays a set and a wait on every round, with the
+    interpreter's caches cold after ten seconds asleep, where every line of Python costs more than usual."""
 
     __slots__ = ("_lock",)
 
