@@ -9,7 +9,6 @@ send; tests/cluster/test_agent.py runs every expression on the real Prometheus o
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.exporter_metrics import EXPORTER, ExporterMetrics
 from tests.grafana_dashboard import (
     BUILTINS,
     LABEL_VALUES,
@@ -30,7 +30,6 @@ from tests.grafana_dashboard import (
 )
 
 ROOT = Path(__file__).parents[2]
-EXPORTER = ROOT / "src/slurmgpu/agent/exporter.py"
 DATASOURCE_UID = "${datasource}"
 PROMTOOL = Path("/usr/bin/promtool")  # Debian's prometheus package
 
@@ -42,82 +41,14 @@ MATCHER = re.compile(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)")
 GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
 
 
-class _Exporter:
-    """What the exporter exposes: metric name (as Prometheus stores it) -> label names, or None if unreadable."""
-
-    FAMILIES = frozenset({"GaugeMetricFamily", "CounterMetricFamily"})
-
-    def __init__(self, source: str) -> None:
-        tree = ast.parse(source)
-        self.assigned: dict[str, ast.expr] = {}
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Assign):
-                for name in node.targets:
-                    if isinstance(name, ast.Name):
-                        self.assigned[name.id] = node.value
-            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value:
-                self.assigned[node.target.id] = node.value
-        # every string literal that is a metric name (the brief's rule: the names the file spells out)
-        self.names = {
-            node.value
-            for node in ast.walk(tree)
-            if isinstance(node, ast.Constant)
-            and isinstance(node.value, str)
-            and re.fullmatch(r"slurmgpu_[a-z_]+", node.value)
-        }
-        self.metrics: dict[str, list[str] | None] = {name: None for name in self.names}
-        counters: set[str] = set()
-        for node in ast.walk(tree):
-            if not (isinstance(node, ast.Call) and _call_name(node) in self.FAMILIES and node.args):
-                continue
-            name = self._strings(node.args[0])
-            if not name or len(name) != 1:
-                continue
-            labels_node = next((kw.value for kw in node.keywords if kw.arg == "labels"), None)
-            if labels_node is None and len(node.args) >= 4:
-                labels_node = node.args[3]
-            self.metrics[name[0]] = [] if labels_node is None else self._strings(labels_node)
-            if _call_name(node) == "CounterMetricFamily":
-                counters.add(name[0])
-        for name in counters:  # prometheus_client exposes a counter family x as x_total
-            self.metrics[f"{name.removesuffix('_total')}_total"] = self.metrics.pop(name)
-
-    def _strings(self, node: ast.expr) -> list[str] | None:
-        """The string(s) an expression stands for: a literal, a list of them, a name, *unpacking, a + b."""
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            return [node.value]
-        if isinstance(node, ast.Name) and node.id in self.assigned:
-            return self._strings(self.assigned[node.id])
-        if isinstance(node, ast.Starred):
-            return self._strings(node.value)
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-            left, right = self._strings(node.left), self._strings(node.right)
-            return None if left is None or right is None else left + right
-        if isinstance(node, ast.List | ast.Tuple):
-            out: list[str] = []
-            for element in node.elts:
-                part = self._strings(element)
-                if part is None:
-                    return None
-                out.extend(part)
-            return out
-        return None
-
-
-def _call_name(node: ast.Call) -> str:
-    if isinstance(node.func, ast.Name):
-        return node.func.id
-    return node.func.attr if isinstance(node.func, ast.Attribute) else ""
-
-
 @pytest.fixture(scope="module")
 def dashboard() -> dict[str, Any]:
     return load()
 
 
 @pytest.fixture(scope="module")
-def exporter() -> _Exporter:
-    return _Exporter(EXPORTER.read_text())
+def exporter() -> ExporterMetrics:
+    return ExporterMetrics(EXPORTER.read_text())
 
 
 def test_dashboard_shape(dashboard: dict[str, Any]) -> None:
@@ -175,7 +106,7 @@ def test_time_series_and_stats_set_a_unit(dashboard: dict[str, Any]) -> None:
             assert panel["fieldConfig"]["defaults"].get("unit"), panel["title"]
 
 
-def test_metric_names_are_the_exporters(dashboard: dict[str, Any], exporter: _Exporter) -> None:
+def test_metric_names_are_the_exporters(dashboard: dict[str, Any], exporter: ExporterMetrics) -> None:
     used = {(where, name) for where, expr in queries(dashboard) for name in METRIC.findall(expr)}
     assert used
     unknown = sorted({name for _, name in used} - set(exporter.metrics))
@@ -183,7 +114,7 @@ def test_metric_names_are_the_exporters(dashboard: dict[str, Any], exporter: _Ex
     assert not unknown, f"not exposed by {EXPORTER.name}: {unknown} (counters need _total), in {where}"
 
 
-def test_labels_are_the_metrics_labels(dashboard: dict[str, Any], exporter: _Exporter) -> None:
+def test_labels_are_the_metrics_labels(dashboard: dict[str, Any], exporter: ExporterMetrics) -> None:
     for where, expr in queries(dashboard):
         metrics = set(METRIC.findall(expr))
         if not metrics <= set(exporter.metrics):

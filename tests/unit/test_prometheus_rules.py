@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tests.exporter_metrics import EXPORTER, ExporterMetrics
 
 RULES_DIR = Path(__file__).parents[2] / "plugins" / "prometheus"
 RULES = RULES_DIR / "slurmgpu-alerts.yml"
 RULE_TESTS = RULES_DIR / "slurmgpu-alerts.test.yml"
 PROMTOOL = Path("/usr/bin/promtool")  # Debian's prometheus package (scripts/install.sh installs it)
-EXPORTER = Path(__file__).parents[2] / "src" / "slurmgpu" / "agent" / "exporter.py"
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -62,10 +62,10 @@ def test_every_alert_has_a_severity_a_summary_and_a_firing_test_case() -> None:
 
 def test_alerts_use_only_metrics_the_exporter_serves() -> None:
     """A renamed metric would leave an alert silently matching nothing. Counters are served with _total."""
-    text = EXPORTER.read_text()
-    gauges = set(re.findall(r'GaugeMetricFamily\(\s*"(slurmgpu_[a-z_]+)"', text))
-    counters = {f"{n}_total" for n in re.findall(r'CounterMetricFamily\(\s*"(slurmgpu_[a-z_]+)"', text)}
-    served = gauges | counters
+    metrics = ExporterMetrics(EXPORTER.read_text()).metrics
+    served = {
+        name for name, labels in metrics.items() if labels is not None
+    }  # defined by a *MetricFamily call
     assert "slurmgpu_gpu_health_fault" in served and "slurmgpu_gpu_xid_errors_total" in served
     for alert in alerts():
         used = set(re.findall(r"slurmgpu_[a-z_]+", alert["expr"]))
